@@ -1,0 +1,108 @@
+"""The `simulacra` command: one verb per job, each parsed from a typed config dataclass (tyro)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import tyro
+
+from simulacra.errors import SimulacraError
+
+# Verbs whose issues have not landed yet: listed so users see the whole plan, and say so plainly.
+PLANNED = {
+    "train": "train a world model on a data set",
+    "eval": "evaluate a world model against held-out real episodes and baselines",
+    "play": "play a world model in the browser, side by side with the real env",
+    "plan": "reach a goal image by planning in the world model's latent space",
+    "dream": "train an agent inside the world model, score it in the real env",
+    "export": "export a trained world (ONNX, video)",
+}
+
+USAGE = """usage: simulacra VERB [options]      (simulacra VERB --help for each verb's options)
+
+verbs:
+  record       record trajectories from a real Gymnasium env into a data set
+  data         data sets: info | view | verify | import | export
+{planned}
+presets: {presets}
+"""
+
+
+def _usage() -> str:
+    from simulacra.presets import PRESETS
+
+    planned = "\n".join(f"  {k:<12} {v} (not built yet)" for k, v in PLANNED.items())
+    return USAGE.format(planned=planned, presets=", ".join(PRESETS))
+
+
+def _record(args: list[str]) -> None:
+    from simulacra.data.record import RecordConfig, record
+
+    cfg = tyro.cli(RecordConfig, args=args, prog="simulacra record")
+    out = record(cfg)
+    print(f"recorded {cfg.episodes} episodes to {out}  (next: simulacra data info {out})")
+
+
+def _data(args: list[str]) -> None:
+    from simulacra.data import commands
+
+    sub = {
+        "info": (commands.InfoConfig, commands.info),
+        "view": (commands.ViewConfig, commands.view),
+        "verify": (commands.VerifyConfig, commands.verify),
+        "import": (commands.ImportConfig, commands.import_),
+        "export": (commands.ExportConfig, commands.export),
+    }
+    if not args or args[0] not in sub:
+        print("usage: simulacra data {info,view,verify,import,export} [options]", file=sys.stderr)
+        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+    cls, fn = sub[args[0]]
+    cfg = tyro.cli(cls, args=args[1:], prog=f"simulacra data {args[0]}")
+    code = fn(cfg)
+    sys.exit(code or 0)
+
+
+def _planned(verb: str) -> Callable[[list[str]], None]:
+    def run(args: list[str]) -> None:
+        print(f"simulacra {verb}: not built yet ({PLANNED[verb]}); it lands with its own issue.", file=sys.stderr)
+        sys.exit(2)
+
+    return run
+
+
+VERBS: dict[str, Callable[[list[str]], None]] = {"record": _record, "data": _data} | {v: _planned(v) for v in PLANNED}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    if argv[0] == "--version":
+        from simulacra import __version__
+
+        print(__version__)
+        return
+    if argv[0] not in VERBS:
+        print(f"simulacra: unknown verb {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        VERBS[argv[0]](argv[1:])
+    except SimulacraError as e:
+        print(f"simulacra {argv[0]}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"simulacra {argv[0]}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def save_config(cfg, path: Path) -> None:
+    path.write_text(json.dumps(asdict(cfg), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""`simulacra data …`: info, view, verify, import, export — thin verbs over the data room."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from simulacra.data.store import Dataset
+from simulacra.errors import DatasetError, SimulacraError
+
+DATASETS_DIR = Path("datasets")
+
+
+def resolve_dataset(path: str | None) -> str:
+    """The given path, or the most recently written data set under ./datasets."""
+    if path:
+        return path
+    found = sorted(DATASETS_DIR.glob("*/episodes.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SimulacraError("no data set given and none under ./datasets; record one with `simulacra record`")
+    print(f"(using the most recent data set: {found[-1].parent})")
+    return str(found[-1].parent)
+
+
+@dataclass
+class InfoConfig:
+    """Summarise a data set: source env, shapes, action space, episodes, steps, returns, size."""
+
+    path: str | None = None
+    """Data set directory or fsspec URL (default: the most recent under ./datasets)."""
+    json: bool = False
+    """Print the summary as JSON."""
+
+
+def _summary(ds: Dataset) -> dict:
+    lengths = np.array([e.length for e in ds.episodes]) if ds.episodes else np.zeros(1)
+    rets = np.array([e.ret for e in ds.episodes]) if ds.episodes else np.zeros(1)
+    return {
+        "path": ds.root,
+        "format_version": ds.info["format_version"],
+        "source": ds.info.get("source"),
+        "env_id": ds.info.get("env_id"),
+        "preset": ds.info.get("preset"),
+        "frame_shape": ds.info["frame_shape"],
+        "action_space": ds.info.get("action_space"),
+        "episodes": len(ds),
+        "action_free_episodes": sum(not e.has_actions for e in ds.episodes),
+        "steps": ds.num_steps,
+        "frames": ds.num_frames,
+        "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        "return": {"min": float(rets.min()), "mean": float(rets.mean()), "max": float(rets.max())},
+        "terminated": sum(e.terminated for e in ds.episodes),
+        "truncated": sum(e.truncated for e in ds.episodes),
+        "seeds": sorted({e.seed for e in ds.episodes if e.seed is not None})[:5],
+        "bytes_on_disk": sum(e.nbytes for e in ds.episodes),
+        "raw_frame_bytes": ds.num_frames * int(np.prod(ds.info["frame_shape"])),
+        "crash_leftover": bool(ds.torn_tail),
+    }
+
+
+def info(cfg: InfoConfig) -> int:
+    ds = Dataset.open(resolve_dataset(cfg.path))
+    s = _summary(ds)
+    if cfg.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    ratio = s["raw_frame_bytes"] / max(1, s["bytes_on_disk"])
+    el, r = s["episode_length"], s["return"]
+    print(f"data set     {s['path']}  (format v{s['format_version']}, {s['source']})")
+    print(f"env          {s['env_id']}  preset={s['preset']}")
+    print(f"frames       {s['frame_shape']} uint8, {s['frames']} frames")
+    print(f"actions      {s['action_space']}")
+    print(f"episodes     {s['episodes']} ({s['action_free_episodes']} action-free), {s['steps']} steps")
+    print(f"length       min {el['min']}  mean {el['mean']:.1f}  max {el['max']}")
+    print(f"return       min {r['min']:.2f}  mean {r['mean']:.2f}  max {r['max']:.2f}")
+    print(f"ends         {s['terminated']} terminated, {s['truncated']} truncated")
+    print(f"disk         {s['bytes_on_disk'] / 2**20:.1f} MiB ({ratio:.1f}x smaller than raw frames)")
+    if s["crash_leftover"]:
+        print("warning      an episode was being registered when a crash hit; run `simulacra data verify`")
+    return 0
+
+
+@dataclass
+class ViewConfig:
+    """Write a preview video (mp4 or gif): a grid of episodes playing side by side."""
+
+    path: str | None = None
+    """Data set directory (default: the most recent under ./datasets)."""
+    out: str | None = None
+    """Output file, .mp4 or .gif (default: <data set>/preview.mp4)."""
+    episodes: int = 4
+    """How many episodes to show (the first N)."""
+    max_frames: int = 300
+    """Length cap of the preview in frames."""
+    scale: int = 3
+    """Integer upscaling of each frame (64 px frames are small on screen)."""
+    fps: int | None = None
+    """Playback rate (default: the data set's)."""
+
+
+def view(cfg: ViewConfig) -> int:
+    from simulacra.data.video import write_episode_grid
+
+    root = resolve_dataset(cfg.path)
+    ds = Dataset.open(root)
+    if not len(ds):
+        raise DatasetError(f"{root}: has no complete episodes to show")
+    out = Path(cfg.out or f"{root}/preview.mp4")
+    fps = cfg.fps or int(ds.info.get("fps", 15))
+    n = write_episode_grid(ds, out, range(min(cfg.episodes, len(ds))), cfg.max_frames, cfg.scale, fps)
+    print(f"wrote {out} ({n} frames at {fps} fps, {min(cfg.episodes, len(ds))} episodes)")
+    return 0
+
+
+@dataclass
+class VerifyConfig:
+    """Read every byte of a data set; report corrupt or missing shards and what a crash lost."""
+
+    path: str | None = None
+    """Data set directory (default: the most recent under ./datasets)."""
+    repair: bool = False
+    """Clean up after a crash: drop partial shards and torn lines, register complete shards."""
+    json: bool = False
+    """Print the report as JSON."""
+
+
+def verify(cfg: VerifyConfig) -> int:
+    from simulacra.data.verify import repair_dataset
+
+    root = resolve_dataset(cfg.path)
+    report = repair_dataset(root) if cfg.repair else Dataset.open(root).verify()
+    if cfg.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{report['root']}: {report['episodes_ok']}/{report['episodes']} episodes ok ({report['steps_ok']} steps)"
+        )
+        for p in report["problems"]:
+            print(f"  CORRUPT  {p['problem']}")
+        for item in report["lost"]:
+            print(f"  LOST     {item['file']}: {item['problem']}")
+        if not report["problems"] and not report["lost"]:
+            print("  everything checks out")
+    return 0 if report["ok"] else 1
+
+
+@dataclass
+class ImportConfig:
+    """Import trajectories from another format into a simulacra data set."""
+
+    source: str
+    """What to import: a LeRobot v3 data set dir, a Minari data set dir, or a folder of videos."""
+    format: Literal["lerobot", "minari", "videos"] = "lerobot"
+    """Source format."""
+    out: str | None = None
+    """Data set directory to write (default: datasets/<source name>)."""
+    overwrite: bool = False
+    """Replace an existing data set at --out."""
+    resolution: int | None = None
+    """Resize frames to this size (default: keep the source size; videos default to 64)."""
+    image_key: str | None = None
+    """LeRobot/Minari: which image feature or observation key to use (default: the first image)."""
+
+
+def import_(cfg: ImportConfig) -> int:
+    from simulacra.data import interop
+
+    out = cfg.out or f"datasets/{Path(cfg.source.rstrip('/')).name}"
+    if (Path(out) / "info.json").exists() and not cfg.overwrite:
+        raise SimulacraError(f"{out} already holds a data set; pass --overwrite to replace it or --out elsewhere")
+    ds = interop.IMPORTERS[cfg.format](
+        cfg.source, out, overwrite=cfg.overwrite, resolution=cfg.resolution, image_key=cfg.image_key
+    )
+    print(f"imported {len(ds)} episodes ({ds.num_steps} steps) from {cfg.source} to {out}")
+    return 0
+
+
+@dataclass
+class ExportConfig:
+    """Export a data set to another format."""
+
+    out: str
+    """Directory to write."""
+    path: str | None = None
+    """Data set directory (default: the most recent under ./datasets)."""
+    format: Literal["lerobot"] = "lerobot"
+    """Target format (LeRobot v3 layout)."""
+    video: bool = False
+    """LeRobot: store frames as mp4 video features (lossy) instead of PNG image features (lossless)."""
+    overwrite: bool = False
+    """Replace an existing directory at --out."""
+
+
+def export(cfg: ExportConfig) -> int:
+    from simulacra.data import interop
+
+    root = resolve_dataset(cfg.path)
+    interop.EXPORTERS[cfg.format](Dataset.open(root), cfg.out, video=cfg.video, overwrite=cfg.overwrite)
+    print(f"exported {root} to {cfg.out} ({cfg.format})")
+    return 0
