@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tyro.conf import Positional
 
 from simulacra.data.store import Dataset
 from simulacra.errors import DatasetError, SimulacraError
@@ -30,7 +31,7 @@ def resolve_dataset(path: str | None) -> str:
 class InfoConfig:
     """Summarise a data set: source env, shapes, action space, episodes, steps, returns, size."""
 
-    path: str | None = None
+    path: Positional[str | None] = None
     """Data set directory or fsspec URL (default: the most recent under ./datasets)."""
     json: bool = False
     """Print the summary as JSON."""
@@ -88,7 +89,7 @@ def info(cfg: InfoConfig) -> int:
 class ViewConfig:
     """Write a preview video (mp4 or gif): a grid of episodes playing side by side."""
 
-    path: str | None = None
+    path: Positional[str | None] = None
     """Data set directory (default: the most recent under ./datasets)."""
     out: str | None = None
     """Output file, .mp4 or .gif (default: <data set>/preview.mp4)."""
@@ -120,7 +121,7 @@ def view(cfg: ViewConfig) -> int:
 class VerifyConfig:
     """Read every byte of a data set; report corrupt or missing shards and what a crash lost."""
 
-    path: str | None = None
+    path: Positional[str | None] = None
     """Data set directory (default: the most recent under ./datasets)."""
     repair: bool = False
     """Clean up after a crash: drop partial shards and torn lines, register complete shards."""
@@ -152,7 +153,7 @@ def verify(cfg: VerifyConfig) -> int:
 class ImportConfig:
     """Import trajectories from another format into a simulacra data set."""
 
-    source: str
+    source: Positional[str]
     """What to import: a LeRobot v3 data set dir, a Minari data set dir, or a folder of videos."""
     format: Literal["lerobot", "minari", "videos"] = "lerobot"
     """Source format."""
@@ -185,7 +186,7 @@ class ExportConfig:
 
     out: str
     """Directory to write."""
-    path: str | None = None
+    path: Positional[str | None] = None
     """Data set directory (default: the most recent under ./datasets)."""
     format: Literal["lerobot"] = "lerobot"
     """Target format (LeRobot v3 layout)."""

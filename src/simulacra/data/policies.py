@@ -54,53 +54,65 @@ class CarRacingPolicy(Policy):
     """Follows the track centre line with noisy steering and speed, and sometimes drifts off it.
 
     Random actions never leave the start (the car barely moves); this covers straights, turns,
-    grass excursions and varied speeds. Discrete actions: 0 noop, 1 left, 2 right, 3 gas, 4 brake.
+    grass excursions and varied speeds. Discrete actions (gymnasium car_racing.py, checked by
+    driving): 0 noop, 1 steer RIGHT, 2 steer LEFT, 3 gas, 4 brake. Only one at a time, so the car
+    cannot steer and accelerate together: it steers when off heading and accelerates otherwise.
     """
 
     name = "carracing"
+    NOOP, RIGHT, LEFT, GAS, BRAKE = range(5)
 
-    def __init__(self, lookahead: int = 6, epsilon: float = 0.15, target_speed: tuple[float, float] = (25.0, 70.0)):
-        self.lookahead, self.epsilon, self.target_speed = lookahead, epsilon, target_speed
+    def __init__(
+        self,
+        lookahead: int = 6,
+        epsilon: float = 0.03,
+        target_speed: tuple[float, float] = (25.0, 90.0),
+        bias_std: float = 0.2,
+    ):
+        self.lookahead, self.epsilon, self.target_speed, self.bias_std = lookahead, epsilon, target_speed, bias_std
 
     def reset(self, seed, env):
         super().reset(seed, env)
-        self.prev = 0
-        self.hold = 0
+        self.prev, self.hold, self.bias = self.NOOP, 0, 0.0
         self.speed = float(self.rng.uniform(*self.target_speed))
-        self.bias = 0.0
+        track = env.unwrapped.track
+        self.pts = np.array([(t[2], t[3]) for t in track]) if track else None  # centre line, in driving order
 
     def act(self, env):
         car = env.unwrapped.car
-        track = env.unwrapped.track
-        if car is None or not track:
-            return 3
-        if self.hold > 0:  # a random manoeuvre in progress
+        if car is None or self.pts is None:
+            return self.GAS
+        if self.hold > 0:  # a random manoeuvre in progress (swerves, stops, coasting: off-track data)
             self.hold -= 1
             return self.prev
         if self.rng.random() < self.epsilon:
-            self.prev, self.hold = int(self.rng.integers(5)), int(self.rng.integers(2, 10))
+            self.prev, self.hold = int(self.rng.integers(5)), int(self.rng.integers(3, 15))
             return self.prev
-        if self.rng.random() < 0.02:  # new cruising speed and lateral offset now and then
+        if self.rng.random() < 0.01:  # a new cruising speed and lateral offset now and then
             self.speed = float(self.rng.uniform(*self.target_speed))
-            self.bias = float(self.rng.normal(0, 0.25))
+            self.bias = float(self.rng.normal(0, self.bias_std))
         x, y = car.hull.position
-        pts = np.array([(t[2], t[3]) for t in track])
-        nearest = int(np.argmin(((pts - (x, y)) ** 2).sum(1)))
-        tx, ty = pts[(nearest + self.lookahead) % len(pts)]
-        heading = car.hull.angle + math.pi / 2
-        err = math.atan2(ty - y, tx - x) - heading + self.bias
+        nearest = int(np.argmin(((self.pts - (x, y)) ** 2).sum(1)))
+        tx, ty = self.pts[(nearest + self.lookahead) % len(self.pts)]
+        heading = car.hull.angle + math.pi / 2  # the car's nose is its local +y
+        err = math.atan2(ty - y, tx - x) - heading + self.bias  # > 0: the target is to the left
         err = (err + math.pi) % (2 * math.pi) - math.pi
         speed = float(np.linalg.norm(car.hull.linearVelocity))
-        if err > 0.15:
-            action = 1
-        elif err < -0.15:
-            action = 2
-        elif speed < self.speed:
-            action = 3
-        elif speed > self.speed * 1.3:
-            action = 4
+        want = self.speed if abs(err) < 0.3 else min(self.speed, 30.0)  # slow down for sharp turns
+        if abs(err) > 0.15:
+            # steering needs motion: when slow, alternate gas and steering so the car keeps turning
+            if speed < 10.0 and self.prev != self.GAS:
+                action = self.GAS
+            elif speed > want * 1.3:
+                action = self.BRAKE
+            else:
+                action = self.LEFT if err > 0 else self.RIGHT
+        elif speed < want:
+            action = self.GAS
+        elif speed > want * 1.3:
+            action = self.BRAKE
         else:
-            action = 0
+            action = self.NOOP
         self.prev = action
         return action
 
