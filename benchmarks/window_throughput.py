@@ -70,12 +70,30 @@ def synthetic_noise(root: Path, episodes: int = 8, length: int = 500) -> str:
     w = DatasetWriter(root, {"frame_shape": [64, 64, 3], "action_space": space, "env_id": "noise"}, overwrite=True)
     for _ in range(episodes):
         f = rng.integers(0, 256, (length + 1, 64, 64, 3), dtype=np.uint8)
-        w.add_episode(f, rng.integers(0, 4, length), np.zeros(length), np.zeros(length, bool), np.eye(1, length, length - 1, dtype=bool)[0])
+        w.add_episode(
+            f,
+            rng.integers(0, 4, length),
+            np.zeros(length),
+            np.zeros(length, bool),
+            np.eye(1, length, length - 1, dtype=bool)[0],
+        )
     return str(root)
 
 
 def record(preset: str, episodes: int, out: Path) -> str:
-    cmd = [sys.executable, "-m", "simulacra.cli", "record", "--preset", preset, "--episodes", str(episodes), "--out", str(out), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulacra.cli",
+        "record",
+        "--preset",
+        preset,
+        "--episodes",
+        str(episodes),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     return str(out)
 

@@ -12,7 +12,11 @@ def make_synthetic(root, lengths=(40, 25, 7), discrete=True, frame=16, seed=0, b
         if discrete
         else {"type": "box", "shape": [2], "low": [-1.0, -1.0], "high": [1.0, 1.0], "dtype": "float32"}
     )
-    w = DatasetWriter(root, {"frame_shape": [frame, frame, 3], "action_space": space, "env_id": "synthetic"}, block_frames=block_frames)
+    w = DatasetWriter(
+        root,
+        {"frame_shape": [frame, frame, 3], "action_space": space, "env_id": "synthetic"},
+        block_frames=block_frames,
+    )
     episodes = []
     for e, L in enumerate(lengths):
         frames = rng.integers(0, 256, size=(L + 1, frame, frame, 3), dtype=np.uint8)
@@ -25,7 +29,9 @@ def make_synthetic(root, lengths=(40, 25, 7), discrete=True, frame=16, seed=0, b
         trunc = np.zeros(L, bool)
         trunc[-1] = not term[-1]
         w.add_episode(frames, actions, rewards, term, trunc, seed=100 + e, env_id="synthetic", policy="random")
-        episodes.append({"frames": frames, "action": actions, "reward": rewards, "terminated": term, "truncated": trunc})
+        episodes.append(
+            {"frames": frames, "action": actions, "reward": rewards, "terminated": term, "truncated": trunc}
+        )
     return episodes
 
 

@@ -133,7 +133,12 @@ def test_crash_leftovers_load_and_are_reported_then_repaired(synthetic):
     chunk = root / "data" / "chunk-000"
     (chunk / ".tmp-episode_000009.sep").write_bytes(b"partial")
     meta = {"index": 3, "length": 2, "ret": 0.0, "terminated": True, "truncated": False, "has_actions": True}
-    arrays = {"reward": np.zeros(2, np.float32), "terminated": np.array([False, True]), "truncated": np.zeros(2, bool), "action": np.array([1, 2])}
+    arrays = {
+        "reward": np.zeros(2, np.float32),
+        "terminated": np.array([False, True]),
+        "truncated": np.zeros(2, bool),
+        "action": np.array([1, 2]),
+    }
     (chunk / "episode_000003.sep").write_bytes(encode_episode(np.ones((3, 16, 16, 3), np.uint8), arrays, meta, 8))
     with open(root / MANIFEST, "a") as f:
         f.write('{"index": 3, "file": "data/chunk-000/episode_0')

@@ -36,7 +36,7 @@ def test_random_order_loader_with_workers(synthetic):
     seen = []
     for batch in loader:
         assert batch["frames"].shape[1:] == (5, 3, 16, 16)
-        seen += list(zip(batch["episode"].tolist(), batch["start"].tolist()))
+        seen += list(zip(batch["episode"].tolist(), batch["start"].tolist(), strict=True))
     assert sorted(seen) == sorted(map(tuple, wd.index_NE.tolist())) and seen != sorted(seen)
 
 

@@ -14,7 +14,6 @@ from simulacra.errors import SimulacraError
 
 # Verbs whose issues have not landed yet: listed so users see the whole plan, and say so plainly.
 PLANNED = {
-    "train": "train a world model on a data set",
     "eval": "evaluate a world model against held-out real episodes and baselines",
     "play": "play a world model in the browser, side by side with the real env",
     "plan": "reach a goal image by planning in the world model's latent space",
@@ -27,6 +26,7 @@ USAGE = """usage: simulacra VERB [options]      (simulacra VERB --help for each 
 verbs:
   record       record trajectories from a real Gymnasium env into a data set
   data         data sets: info | view | verify | import | export
+  train        train a world model (autoencoder + latent dynamics) on a data set
 {planned}
 presets: {presets}
 """
@@ -45,6 +45,13 @@ def _record(args: list[str]) -> None:
     cfg = tyro.cli(RecordConfig, args=args, prog="simulacra record")
     out = record(cfg)
     print(f"recorded {cfg.episodes} episodes to {out}  (next: simulacra data info {out})")
+
+
+def _train(args: list[str]) -> None:
+    from simulacra.train import TrainConfig, train
+
+    cfg = tyro.cli(TrainConfig, args=args, prog="simulacra train")
+    train(cfg)
 
 
 def _data(args: list[str]) -> None:
@@ -74,7 +81,9 @@ def _planned(verb: str) -> Callable[[list[str]], None]:
     return run
 
 
-VERBS: dict[str, Callable[[list[str]], None]] = {"record": _record, "data": _data} | {v: _planned(v) for v in PLANNED}
+VERBS: dict[str, Callable[[list[str]], None]] = {"record": _record, "data": _data, "train": _train} | {
+    v: _planned(v) for v in PLANNED
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,7 +73,7 @@ PRESETS: dict[str, WorldPreset] = {
             env_kwargs={"continuous": False},
             max_episode_steps=1000,
             policy="carracing",
-            keys={"ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 3, "ArrowDown": 4},
+            keys={"ArrowRight": 1, "ArrowLeft": 2, "ArrowUp": 3, "ArrowDown": 4},  # car_racing: 1 = steer right
             fps=30,
             description="Box2D CarRacing, discrete actions, scripted track-following explorer with noise",
         ),

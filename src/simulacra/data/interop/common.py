@@ -14,7 +14,7 @@ import numpy as np
 
 from simulacra import __version__
 from simulacra.data.envs import to_rgb
-from simulacra.data.store import INFO, Dataset, DatasetWriter
+from simulacra.data.store import INFO, DatasetWriter
 from simulacra.errors import DatasetError, SimulacraError
 
 NO_ACTIONS = {"type": "none"}
@@ -149,7 +149,3 @@ def shape_actions(space: dict, actions: np.ndarray | None) -> np.ndarray | None:
     if space["type"] == "box":
         return a.astype(np.float32).reshape(len(a), *space["shape"])
     return a.astype(np.int64).reshape(len(a), -1)
-
-
-def finish(root: Path) -> Dataset:
-    return Dataset.open(root)

@@ -1,0 +1,167 @@
+"""Minari data sets (HDF5 storage) read directly with h5py: no env, no network, no minari needed.
+
+On disk (minari 0.5): ``<dir>/data/metadata.json`` (total_episodes, data_format, jpeg_encoding, the
+serialized observation/action spaces, env_spec) and ``<dir>/data/main_data.hdf5`` with one group per
+episode, ``episode_<id>`` (attrs id, seed, total_steps) holding observations (N+1 entries; a subgroup
+per key for Dict spaces), actions, rewards, terminations and truncations (N entries each). Image
+observations of 32x32 or more may be stored JPEG-encoded (one byte string per frame); those are decoded
+with Pillow exactly as minari itself decodes them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simulacra.data.interop.common import (
+    NO_ACTIONS,
+    LazyWriter,
+    base_info,
+    fit_frame,
+    infer_action_space,
+    shape_actions,
+    square,
+    staged_dir,
+)
+from simulacra.data.store import INFO, Dataset
+from simulacra.errors import DatasetError
+
+
+def _find(source: str) -> Path:
+    """The data/ directory of a Minari data set given its dir, its data/ dir, or its id."""
+    candidates = [Path(source), Path(source) / "data"]
+    if not Path(source).exists():  # maybe a dataset id like "namespace/name-v0"
+        base = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+        candidates += [base / source / "data"]
+    for c in candidates:
+        if (c / "metadata.json").exists():
+            return c
+    raise DatasetError(f"{source}: not a Minari data set (no data/metadata.json found)")
+
+
+def space_from_minari(serialized) -> dict | None:
+    """A simulacra action space from minari's serialized Gymnasium space (None if not representable)."""
+    try:
+        d = json.loads(serialized) if isinstance(serialized, str) else serialized
+        kind = d["type"]
+        if kind == "Discrete":
+            return {"type": "discrete", "n": int(d["n"]), "start": int(d.get("start", 0))}
+        if kind == "Box":
+            shape = list(d["shape"])
+            low = np.broadcast_to(np.asarray(d["low"], np.float32), shape)
+            high = np.broadcast_to(np.asarray(d["high"], np.float32), shape)
+            return {"type": "box", "shape": shape, "low": low.tolist(), "high": high.tolist(), "dtype": "float32"}
+        if kind == "MultiDiscrete":
+            return {"type": "multi_discrete", "nvec": np.asarray(d["nvec"]).astype(int).tolist()}
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _is_jpeg(ds) -> bool:
+    if ds.dtype.kind == "O" or (ds.dtype == np.uint8 and ds.ndim == 2):
+        first = np.asarray(ds[0]).ravel()
+        return len(first) > 2 and first[0] == 0xFF and first[1] == 0xD8
+    return False
+
+
+def _is_image(ds) -> bool:
+    if _is_jpeg(ds):
+        return True
+    return (
+        ds.dtype == np.uint8
+        and ds.ndim in (3, 4)
+        and min(ds.shape[1:3]) >= 8
+        and (ds.ndim == 3 or ds.shape[3] in (1, 3, 4))
+    )
+
+
+def _image_keys(group, prefix: str = "") -> list[str]:
+    import h5py
+
+    keys = []
+    for name, item in group.items():
+        path = f"{prefix}{name}"
+        if isinstance(item, h5py.Group):
+            keys += _image_keys(item, path + "/")
+        elif _is_image(item):
+            keys.append(path)
+    return keys
+
+
+def _frames(ds) -> list[np.ndarray]:
+    if _is_jpeg(ds):
+        return [np.asarray(Image.open(io.BytesIO(np.asarray(b, np.uint8).tobytes()))) for b in ds[()]]
+    return list(ds[()])
+
+
+def import_minari(
+    source: str, out: str, overwrite: bool = False, resolution: int | None = None, image_key: str | None = None
+) -> Dataset:
+    try:
+        import h5py
+    except ImportError:
+        raise DatasetError("importing Minari data needs h5py: pip install 'simulacra[interop]'") from None
+    data_dir = _find(source)
+    meta = json.loads((data_dir / "metadata.json").read_text())
+    if meta.get("data_format", "hdf5") != "hdf5":
+        raise DatasetError(f"{source}: Minari data_format {meta.get('data_format')!r} is not supported (hdf5 is)")
+    h5_path = data_dir / "main_data.hdf5"
+    if not h5_path.exists():
+        raise DatasetError(f"{h5_path}: missing")
+    env_id = None
+    if meta.get("env_spec"):
+        try:
+            env_id = json.loads(meta["env_spec"]).get("id")
+        except (ValueError, AttributeError):
+            env_id = None
+    size = square(resolution)
+    with h5py.File(h5_path, "r") as f:
+        names = sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k.split("_")[1]))
+        if not names:
+            raise DatasetError(f"{h5_path}: holds no episodes")
+        obs0 = f[names[0]]["observations"]
+        if isinstance(obs0, h5py.Group):
+            keys = _image_keys(obs0)
+            if image_key is not None and image_key not in obs0:
+                raise DatasetError(f"{source}: no observation key {image_key!r} (it has {list(obs0)})")
+            key = image_key or (keys[0] if keys else None)
+            if key is None or not _is_image(obs0[key]):
+                raise DatasetError(f"{source}: observations {list(obs0)} hold no image; simulacra learns from pixels")
+        else:
+            if not _is_image(obs0):
+                raise DatasetError(f"{source}: observations of shape {obs0.shape} are not images")
+            key = None
+        if isinstance(f[names[0]]["actions"], h5py.Group):
+            raise DatasetError(f"{source}: Dict/Tuple action spaces are not supported")
+        space = space_from_minari(meta.get("action_space")) or infer_action_space(
+            [np.asarray(f[n]["actions"][()]) for n in names]
+        )
+        info = base_info(
+            "minari", source, space, None, env_id=env_id,
+            minari={"dataset_id": meta.get("dataset_id"), "image_key": key, "jpeg_encoding": meta.get("jpeg_encoding")},
+        )  # fmt: skip
+        with staged_dir(out, overwrite, INFO, "simulacra data set") as tmp:
+            writer = LazyWriter(tmp, info)
+            for name in names:
+                ep = f[name]
+                obs = ep["observations"] if key is None else ep["observations"][key]
+                frames = np.stack([fit_frame(x, size) for x in _frames(obs)])
+                steps = len(ep["rewards"])
+                if len(frames) != steps + 1:
+                    raise DatasetError(f"{h5_path} {name}: {len(frames)} observations for {steps} steps (want steps+1)")
+                actions = shape_actions(space, ep["actions"][()]) if space["type"] != NO_ACTIONS["type"] else None
+                seed = ep.attrs.get("seed")
+                writer.add(
+                    frames, actions, np.asarray(ep["rewards"][()], np.float32), ep["terminations"][()],
+                    ep["truncations"][()], where=f"{h5_path} {name}",
+                    seed=None if seed is None else int(seed), env_id=env_id, source="minari",
+                    extra={"source_path": str(data_dir.parent.resolve()), "minari_episode": int(ep.attrs.get("id", -1))},
+                )  # fmt: skip
+            writer.close(source)
+    return Dataset.open(out)

@@ -1,0 +1,222 @@
+"""Action-conditioned latent dynamics: rectified-flow denoiser (DIAMOND-style, but in latent space).
+
+Given the last K latent frames and the K actions taken at them, it *samples* the next latent frame
+from noise in a few Euler steps. Sampling (not regressing the mean) is what keeps predictions sharp
+when the future is uncertain. Context latents get random Gaussian noise during training, with the
+level given to the model (GameNGen's augmentation), so long rollouts of its own imperfect outputs
+do not drift. Reward-sign and termination heads read the context and the action.
+
+Shapes: B batch, K context frames, C latent channels, h x w latent grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from simulacra.models.common import batch_rng
+
+
+@dataclass
+class DynamicsConfig:
+    context: int = 4
+    """K: past frames (and actions) the model conditions on; the streaming window."""
+    channels: int = 64
+    """U-Net width at the latent resolution."""
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    """Width multiplier per U-Net level (each further level halves the grid)."""
+    blocks: int = 1
+    """Residual blocks per level."""
+    cond_dim: int = 128
+    """Width of the conditioning vector (flow time, actions, context-noise level)."""
+    sampling_steps: int = 4
+    """Euler steps from noise to a frame at inference."""
+    context_noise_max: float = 0.3
+    """Training: context latents get N(0, s^2) noise, s ~ U(0, max) (0 disables the augmentation)."""
+    context_noise_infer: float = 0.05
+    """Inference: noise level applied to (and announced for) the context."""
+    pad_prob: float = 0.2
+    """Training: probability a window starts as if the episode just began (context padded by repetition)."""
+    done_weight: float = 0.5
+    """Weight of the reward and termination losses."""
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * 1000.0 * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class CondResBlock(nn.Module):
+    """Residual block with FiLM (scale, shift) from the conditioning vector."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(8, cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * cout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x, cond):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class ActionEncoder(nn.Module):
+    """K actions -> one vector. Discrete: embeddings; Box: linear on actions scaled to [-1, 1]."""
+
+    def __init__(self, action_space: dict, K: int, dim: int):
+        super().__init__()
+        self.kind = action_space["type"]
+        if self.kind == "discrete":
+            self.embed = nn.Embedding(action_space["n"], dim)
+            self.register_buffer("offset", torch.tensor(action_space.get("start", 0)))
+        elif self.kind == "box":
+            low = torch.tensor(action_space["low"], dtype=torch.float32).flatten()
+            high = torch.tensor(action_space["high"], dtype=torch.float32).flatten()
+            self.register_buffer("low", low)
+            self.register_buffer("span", (high - low).clamp_min(1e-6))
+            self.embed = nn.Linear(len(low), dim)
+        elif self.kind != "none":
+            raise ValueError(f"action space {action_space['type']} is not supported by the dynamics model")
+        self.pad = nn.Parameter(torch.zeros(dim))  # slots before the episode began
+        self.proj = nn.Linear(K * dim, dim)
+        self.dim = dim
+
+    def forward(self, actions_BK: torch.Tensor, pad_BK: torch.Tensor | None = None) -> torch.Tensor:
+        B, K = actions_BK.shape[:2]
+        if self.kind == "discrete":
+            e = self.embed((actions_BK.long() - self.offset).clamp(0, self.embed.num_embeddings - 1))
+        elif self.kind == "box":
+            e = self.embed((actions_BK.float().flatten(2) - self.low) / self.span * 2 - 1)
+        else:
+            e = self.pad.new_zeros(B, K, self.dim)
+        if pad_BK is not None:
+            e = torch.where(pad_BK[..., None], self.pad, e)
+        return self.proj(e.flatten(1))
+
+
+class Dynamics(nn.Module):
+    def __init__(self, cfg: DynamicsConfig, latent_channels: int, action_space: dict):
+        super().__init__()
+        self.cfg = cfg
+        C, K, D = latent_channels, cfg.context, cfg.cond_dim
+        self.latent_channels = C
+        self.register_buffer("latent_std", torch.ones(()))  # set from data before training
+        self.actions = ActionEncoder(action_space, K, D)
+        self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
+        self.noise_embed = nn.Linear(D, D)
+        chs = [cfg.channels * m for m in cfg.channel_mult]
+        self.inp = nn.Conv2d(C * (K + 1), chs[0], 3, padding=1)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        skips = []
+        cin = chs[0]
+        for i, ch in enumerate(chs):
+            for _ in range(cfg.blocks):
+                self.down.append(CondResBlock(cin, ch, D))
+                cin = ch
+                skips.append(ch)
+            if i < len(chs) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        self.mid = CondResBlock(cin, cin, D)
+        for i, ch in reversed(list(enumerate(chs))):
+            for _ in range(cfg.blocks):
+                self.up.append(CondResBlock(cin + skips.pop(), ch, D))
+                cin = ch
+            if i > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.out = nn.Sequential(nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, C, 3, padding=1))
+        # reward sign (-1, 0, +1) and termination of the transition (frame K-1, action K-1)
+        self.heads_conv = nn.Sequential(
+            nn.Conv2d(2 * C, chs[0], 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(chs[0], chs[0], 3, stride=2, padding=1),
+        )
+        self.heads = nn.Sequential(nn.Linear(chs[0] + D, D), nn.SiLU(), nn.Linear(D, 4))
+
+    # ---- the denoiser ----------------------------------------------------------------------------
+    def velocity(self, x_BChw, t_B, ctx_BKChw, actions_BK, ctx_noise_B, pad_BK=None):
+        """Predicted flow velocity (noise - data) for noisy next latents x at flow time t."""
+        a = self.actions(actions_BK, pad_BK)
+        cond = self.cond(torch.cat([timestep_embedding(t_B, self.cfg.cond_dim), a], -1))
+        cond = cond + self.noise_embed(timestep_embedding(ctx_noise_B, self.cfg.cond_dim))
+        h = self.inp(torch.cat([x_BChw, ctx_BKChw.flatten(1, 2)], 1))
+        hs = []
+        for layer in self.down:
+            if isinstance(layer, CondResBlock):
+                h = layer(h, cond)
+                hs.append(h)
+            else:
+                h = layer(h)
+        h = self.mid(h, cond)
+        for layer in self.up:
+            h = layer(torch.cat([h, hs.pop()], 1), cond) if isinstance(layer, CondResBlock) else layer(h)
+        return self.out(h)
+
+    def heads_logits(self, ctx_BKChw, actions_BK, pad_BK=None):
+        """(reward-sign logits (B, 3), termination logit (B,)) for the last context transition."""
+        f = self.heads_conv(ctx_BKChw[:, -2:].flatten(1, 2)).mean((2, 3))
+        out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
+        return out[:, :3], out[:, 3]
+
+    # ---- training --------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: latents (B, K+1, C, h, w) [normalised], action (B, K), reward (B, K), terminated (B, K)."""
+        z = batch["latents"]
+        K = self.cfg.context
+        ctx, target, actions = z[:, :K], z[:, K], batch["action"][:, :K]
+        rng = batch_rng(batch)
+        ctx, pad = pad_context(ctx, rng.rand() < self.cfg.pad_prob, rng.randint(1, K + 1))
+        level = rng.rand().to(z) * self.cfg.context_noise_max
+        ctx = ctx + level[:, None, None, None, None] * rng.randn(*ctx.shape[1:]).to(z)
+        t = torch.sigmoid(rng.randn()).to(z)  # logit-normal flow time
+        noise = rng.randn(*target.shape[1:]).to(z)
+        x_t = (1 - t)[:, None, None, None] * target + t[:, None, None, None] * noise
+        v = self.velocity(x_t, t, ctx, actions, level, pad)
+        flow = F.mse_loss(v, noise - target)
+        r_logits, d_logit = self.heads_logits(ctx, actions, pad)
+        r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
+        term = batch["terminated"][:, K - 1].float()
+        r_loss = F.cross_entropy(r_logits, r_cls)
+        d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0))
+        loss = flow + self.cfg.done_weight * (r_loss + d_loss)
+        return loss, {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
+
+    # ---- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, ctx_BKChw, actions_BK, pad_BK=None, steps: int | None = None, generator=None):
+        """Sample next latents given (normalised) context latents and the K actions taken at them.
+        Returns (latents (B, C, h, w), reward sign (B,), termination probability (B,))."""
+        steps = steps or self.cfg.sampling_steps
+        B = ctx_BKChw.shape[0]
+        level = torch.full((B,), self.cfg.context_noise_infer, device=ctx_BKChw.device)
+        if self.cfg.context_noise_infer > 0:
+            noise = torch.randn(ctx_BKChw.shape, generator=generator).to(ctx_BKChw)
+            ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * noise
+        x = torch.randn((B, *ctx_BKChw.shape[2:]), generator=generator).to(ctx_BKChw)
+        ts = torch.linspace(1, 0, steps + 1)
+        for i in range(steps):
+            t = torch.full((B,), float(ts[i]), device=x.device)
+            x = x + (ts[i + 1] - ts[i]) * self.velocity(x, t, ctx_BKChw, actions_BK, level, pad_BK)
+        r_logits, d_logit = self.heads_logits(ctx_BKChw, actions_BK, pad_BK)
+        return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
+
+
+def pad_context(ctx_BKChw: torch.Tensor, mask_B: torch.Tensor, keep_B: torch.Tensor):
+    """Where mask: keep only the last ``keep`` frames and fill earlier slots with the first kept frame,
+    exactly as a world pads its context right after reset. Returns (context, pad mask (B, K))."""
+    K = ctx_BKChw.shape[1]
+    idx = torch.arange(K)[None].expand(len(mask_B), K)
+    first = (K - keep_B)[:, None]
+    pad = mask_B[:, None] & (idx < first)
+    idx = torch.where(pad, first, idx)
+    return torch.gather(ctx_BKChw, 1, idx[:, :, None, None, None].expand_as(ctx_BKChw)), pad

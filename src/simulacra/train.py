@@ -1,0 +1,370 @@
+"""`simulacra train`: one loop trains every component (each model: ``forward(batch) -> (loss, metrics)``).
+
+Stages: (1) the frame autoencoder on single frames, (2) the latent dynamics model (+ reward and
+termination heads) on K-step windows of latents encoded once by the frozen autoencoder.
+
+Reproducibility: batches are drawn statelessly from (seed, stage, step), and every sample's noise
+from its global key, so `--resume` continues bit-exactly and N DDP processes equal 1 process with
+the same global batch. Checkpoints are written atomically (temp dir, then rename; COMPLETE last).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from simulacra.errors import SimulacraError
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ckpt_every: int = 500
+    log_every: int = 10
+
+
+# ---- distributed -------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def device_for(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                meta["scalars"][f"{pid}.{k}"] = v
+    return tensors, meta
+
+
+def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, config: dict) -> None:
+    """Atomic: everything goes to a temp dir, COMPLETE is written last, then the dir is renamed."""
+    tmp = path.with_name(".tmp-" + path.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    tensors, meta = _flatten_optimizer(opt)
+    save_file({k: v.cpu() for k, v in tensors.items()}, tmp / "optimizer.safetensors")
+    rng = {"torch": torch.get_rng_state()}
+    save_file(rng, tmp / "rng.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "config": config}, indent=1))
+    (tmp / "COMPLETE").write_text("ok\n")
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted(p for p in folder.glob("step_*") if (p / "COMPLETE").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> int:
+    if not (path / "COMPLETE").exists():
+        raise SimulacraError(f"{path}: checkpoint is incomplete (no COMPLETE marker)")
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    state = json.loads((path / "state.json").read_text())
+    if opt is not None:
+        _unflatten_optimizer(opt, load_file(path / "optimizer.safetensors"), state["optimizer"])
+        torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    return int(state["step"])
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def lr_lambda(step: int, cfg: LoopConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def fit(
+    model: torch.nn.Module,
+    get_batch: Callable[[int, int, int], dict],
+    cfg: LoopConfig,
+    ckpt_dir: Path,
+    name: str,
+    resume: bool,
+    writer=None,
+    config: dict | None = None,
+) -> dict[str, float]:
+    """Train ``model`` for cfg.steps. ``get_batch(step, rank, world)`` returns this rank's slice of the
+    global batch for that step (with ``keys``). Returns the last logged metrics."""
+    rank, world = dist_info()
+    device = device_for(rank)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 and p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    start = 0
+    last = latest_checkpoint(ckpt_dir) if resume else None
+    if last is not None:
+        start = load_checkpoint(last, model, opt)
+        if rank == 0:
+            print(f"[{name}] resumed from {last} at step {start}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=rank != 0, dynamic_ncols=True)
+    metrics: dict[str, float] = {}
+    model.train()
+    t0 = time.time()
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_lambda(step, cfg)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in get_batch(step, rank, world).items()}
+        with autocast:
+            loss, m = net(batch)
+        if not torch.isfinite(loss):
+            raise SimulacraError(f"[{name}] non-finite loss at step {step}; stopped before saving it ({m})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if not torch.isfinite(gnorm):
+            raise SimulacraError(f"[{name}] non-finite gradient at step {step}; stopped before saving it")
+        opt.step()
+        metrics = {"loss": loss.item(), **m, "grad_norm": gnorm.item(), "lr": opt.param_groups[0]["lr"]}
+        bar.update(1)
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "psnr", "flow")})
+            if writer is not None:
+                for k, v in metrics.items():
+                    writer.add_scalar(f"{name}/{k}", v, step)
+                writer.add_scalar(f"{name}/steps_per_s", (step + 1 - start) / max(1e-9, time.time() - t0), step)
+        if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
+            save_checkpoint(ckpt_dir / f"step_{step + 1:07d}", model, opt, step + 1, config or {})
+    bar.close()
+    return metrics
+
+
+def step_indices(seed: int, stage: int, step: int, n: int, global_batch: int, rank: int, world: int) -> np.ndarray:
+    """This rank's slice of the global batch of sample indices for a step: stateless, so resumable."""
+    rng = np.random.default_rng([seed, stage, step])
+    idx = rng.integers(0, n, size=global_batch)
+    per = global_batch // world
+    return idx[rank * per : (rank + 1) * per]
+
+
+def sample_keys(seed: int, stage: int, step: int, global_batch: int, rank: int, world: int) -> torch.Tensor:
+    per = global_batch // world
+    base = ((seed * 7 + stage) * 1_000_003 + step) * global_batch
+    return torch.arange(base + rank * per, base + (rank + 1) * per, dtype=torch.int64)
+
+
+def save_run_config(run: Path, config: dict) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+
+# ---- the pipeline: data set -> autoencoder -> latents -> dynamics -> world ----------------------
+SIZES: dict[str, dict] = {
+    # ae: AutoencoderConfig fields; dyn: DynamicsConfig fields; steps and batch per stage
+    "debug": {"ae": {"channels": 8, "latent_channels": 4}, "dyn": {"context": 2, "channels": 16, "channel_mult": (1, 2), "cond_dim": 32},
+              "ae_steps": 30, "dyn_steps": 30, "ae_batch": 8, "dyn_batch": 8, "ae_lr": 2e-3, "dyn_lr": 1e-3},
+    "nano": {"ae": {"channels": 32, "latent_channels": 4}, "dyn": {"context": 4, "channels": 64, "channel_mult": (1, 2, 2), "cond_dim": 128},
+             "ae_steps": 1500, "dyn_steps": 3000, "ae_batch": 32, "dyn_batch": 32, "ae_lr": 2e-3, "dyn_lr": 5e-4},
+    "small": {"ae": {"channels": 64, "latent_channels": 4, "blocks": 2}, "dyn": {"context": 8, "channels": 128, "channel_mult": (1, 2, 2), "cond_dim": 256, "blocks": 2},
+              "ae_steps": 20000, "dyn_steps": 60000, "ae_batch": 64, "dyn_batch": 64, "ae_lr": 1e-3, "dyn_lr": 3e-4},
+    "base": {"ae": {"channels": 96, "latent_channels": 8, "blocks": 2}, "dyn": {"context": 16, "channels": 192, "channel_mult": (1, 2, 3), "cond_dim": 384, "blocks": 2},
+             "ae_steps": 50000, "dyn_steps": 200000, "ae_batch": 128, "dyn_batch": 128, "ae_lr": 1e-3, "dyn_lr": 2e-4},
+    "large": {"ae": {"channels": 128, "latent_channels": 8, "blocks": 3}, "dyn": {"context": 32, "channels": 256, "channel_mult": (1, 2, 3, 4), "cond_dim": 512, "blocks": 3},
+              "ae_steps": 100000, "dyn_steps": 500000, "ae_batch": 256, "dyn_batch": 256, "ae_lr": 5e-4, "dyn_lr": 1e-4},
+}  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Train a world model (autoencoder + latent dynamics + reward/termination heads) on a data set."""
+
+    data: str | None = None
+    """Data set directory (default: the most recent under ./datasets)."""
+    size: str = "nano"
+    """Size preset: debug, nano (CPU minutes), small, base, large (GPUs)."""
+    out: str | None = None
+    """Run directory (default: runs/<data set name>-<size>)."""
+    seed: int = 0
+    """Seeds the batches, the noise and the initial weights."""
+    ae_steps: int | None = None
+    """Autoencoder optimisation steps (default: the size preset's)."""
+    dyn_steps: int | None = None
+    """Dynamics optimisation steps (default: the size preset's)."""
+    batch_size: int | None = None
+    """Global batch size for both stages (default: the size preset's); split across DDP processes."""
+    context: int | None = None
+    """Context frames K of the dynamics model (default: the size preset's)."""
+    context_noise_max: float | None = None
+    """Max context-noise augmentation level (0 turns the augmentation off)."""
+    holdout: float = 0.1
+    """Fraction of episodes held out for evaluation (never trained on)."""
+    ckpt_every: int = 250
+    """Write a resumable checkpoint every N steps."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in --out."""
+    tensorboard: bool = True
+    """Write TensorBoard logs to <run>/tb."""
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run both stages and write the world to <run>/world (safetensors + world.json)."""
+    from simulacra.data import Dataset, split_episodes
+    from simulacra.data.commands import resolve_dataset
+    from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
+    from simulacra.models.dynamics import Dynamics, DynamicsConfig
+    from simulacra.world import World
+
+    rank, world_size = dist_info()
+    if cfg.size not in SIZES:
+        raise SimulacraError(f"unknown size {cfg.size!r}; sizes: {', '.join(SIZES)}")
+    root = resolve_dataset(cfg.data)
+    ds = Dataset.open(root)
+    size = SIZES[cfg.size]
+    ae_cfg = AutoencoderConfig(**size["ae"])
+    over = {
+        k: v for k, v in {"context": cfg.context, "context_noise_max": cfg.context_noise_max}.items() if v is not None
+    }
+    dyn_cfg = DynamicsConfig(**{**size["dyn"], **over})
+    K = dyn_cfg.context
+    ae_loop = LoopConfig(
+        cfg.ae_steps or size["ae_steps"], cfg.batch_size or size["ae_batch"], size["ae_lr"], ckpt_every=cfg.ckpt_every
+    )
+    dyn_loop = LoopConfig(
+        cfg.dyn_steps or size["dyn_steps"],
+        cfg.batch_size or size["dyn_batch"],
+        size["dyn_lr"],
+        ckpt_every=cfg.ckpt_every,
+    )
+    for loop in (ae_loop, dyn_loop):
+        if loop.batch_size % world_size:
+            raise SimulacraError(f"batch size {loop.batch_size} does not split over {world_size} processes")
+        loop.warmup = min(loop.warmup, max(1, loop.steps // 10))
+    run = Path(cfg.out or f"runs/{Path(root).name}-{cfg.size}")
+    if (run / "config.json").exists() and not cfg.resume:
+        raise SimulacraError(f"{run} already holds a run; pass --resume to continue it or --out elsewhere")
+    action_space = ds.info.get("action_space", {"type": "none"})
+    train_eps, held_eps = split_episodes(ds, cfg.holdout, cfg.seed)
+    train_eps = [i for i in train_eps if ds.episodes[i].has_actions and ds.episodes[i].length >= K]
+    if not train_eps:
+        raise SimulacraError(f"{root}: no training episode has actions and at least {K} steps")
+    resolved = {
+        "train": asdict(cfg), "data": str(root), "size": cfg.size, "world_size": world_size,
+        "autoencoder": asdict(ae_cfg), "dynamics": asdict(dyn_cfg), "ae_loop": asdict(ae_loop), "dyn_loop": asdict(dyn_loop),
+        "action_space": action_space, "frame_shape": ds.info["frame_shape"], "preset": ds.info.get("preset_config"),
+        "fps": ds.info.get("fps", 15), "train_episodes": train_eps, "holdout_episodes": held_eps,
+    }  # fmt: skip
+    writer = None
+    if rank == 0:
+        print("train config:", json.dumps(resolved, indent=1, default=str))
+        save_run_config(run, resolved)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run / "tb"))
+    torch.manual_seed(cfg.seed)
+
+    # stage 1: autoencoder on single frames
+    ae = Autoencoder(ae_cfg)
+    frame_index = np.array([(i, t) for i in train_eps for t in range(ds.episodes[i].length + 1)])
+
+    def ae_batch(step: int, r: int, w: int) -> dict:
+        idx = step_indices(cfg.seed, 1, step, len(frame_index), ae_loop.batch_size, r, w)
+        frames = np.stack([ds.frames(int(i), int(t), int(t) + 1)[0] for i, t in frame_index[idx]])
+        return {
+            "frames": torch.from_numpy(frames).permute(0, 3, 1, 2),
+            "keys": sample_keys(cfg.seed, 1, step, ae_loop.batch_size, r, w),
+        }
+
+    ae_done = run / "world" / "autoencoder.safetensors"
+    if cfg.resume and ae_done.exists():
+        ae.load_state_dict(load_file(ae_done))
+    else:
+        fit(ae, ae_batch, ae_loop, run / "checkpoints" / "autoencoder", "autoencoder", cfg.resume, writer, resolved)
+        if rank == 0:
+            (run / "world").mkdir(parents=True, exist_ok=True)
+            save_file(
+                {k: v.contiguous() for k, v in ae.state_dict().items()}, run / "world" / ".tmp-autoencoder.safetensors"
+            )
+            os.replace(run / "world" / ".tmp-autoencoder.safetensors", ae_done)
+    ae.cpu().eval()
+
+    # latents of every training frame, once (the autoencoder is frozen from here on)
+    latents = {}
+    with torch.no_grad():
+        for i in train_eps:
+            f = torch.from_numpy(ds.frames(i)).permute(0, 3, 1, 2)
+            latents[i] = torch.cat([ae.encode(f[j : j + 256]) for j in range(0, len(f), 256)])
+    std = float(torch.cat([z.flatten() for z in latents.values()]).std().clamp_min(1e-3))
+
+    # stage 2: dynamics (+ heads) on K-step latent windows
+    torch.manual_seed(cfg.seed + 1)
+    dyn = Dynamics(dyn_cfg, ae_cfg.latent_channels, action_space)
+    dyn.latent_std.fill_(std)
+    arrays = {i: {k: torch.from_numpy(np.array(v)) for k, v in ds.arrays(i).items()} for i in train_eps}
+    win_index = np.array([(i, s) for i in train_eps for s in range(ds.episodes[i].length - K + 1)])
+
+    def dyn_batch(step: int, r: int, w: int) -> dict:
+        idx = step_indices(cfg.seed, 2, step, len(win_index), dyn_loop.batch_size, r, w)
+        pick = [(int(i), int(s)) for i, s in win_index[idx]]
+        return {
+            "latents": torch.stack([latents[i][s : s + K + 1] for i, s in pick]) / std,
+            "action": torch.stack([arrays[i]["action"][s : s + K] for i, s in pick]),
+            "reward": torch.stack([arrays[i]["reward"][s : s + K] for i, s in pick]),
+            "terminated": torch.stack([arrays[i]["terminated"][s : s + K] for i, s in pick]),
+            "keys": sample_keys(cfg.seed, 2, step, dyn_loop.batch_size, r, w),
+        }
+
+    metrics = fit(dyn, dyn_batch, dyn_loop, run / "checkpoints" / "dynamics", "dynamics", cfg.resume, writer, resolved)
+    if rank == 0:
+        World(ae, dyn.cpu().eval(), resolved).save(run / "world")
+        print(
+            f"trained world saved to {run / 'world'} (last dynamics metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})})"
+        )
+        if writer is not None:
+            writer.close()
+    if world_size > 1:
+        dist.barrier()
+    return run / "world"

@@ -1,0 +1,164 @@
+"""Training: a tiny real run, exact resume after SIGKILL, 2-process DDP == 1 process, the World API."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import make_synthetic
+from safetensors.numpy import load_file
+
+from simulacra.data import Dataset
+from simulacra.errors import SimulacraError
+from simulacra.world import World
+
+TRAIN = [sys.executable, "-m", "simulacra.cli", "train", "--size", "debug", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "ds"
+    make_synthetic(root, lengths=(30, 24, 20, 18), frame=64, block_frames=8)
+    return root
+
+
+def train(data, out, *extra, check=True):
+    p = subprocess.run(
+        [*TRAIN, "--data", str(data), "--out", str(out), *extra], capture_output=True, text=True, timeout=600
+    )
+    if check and p.returncode:
+        raise AssertionError(p.stdout[-3000:] + p.stderr[-3000:])
+    return p
+
+
+def weights(run):
+    return {
+        **load_file(run / "world/autoencoder.safetensors"),
+        **{f"dyn.{k}": v for k, v in load_file(run / "world/dynamics.safetensors").items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(data, out, "--ae-steps", "12", "--dyn-steps", "12", "--ckpt-every", "3")
+    return out
+
+
+def test_run_folder_has_config_checkpoints_and_world(reference):
+    cfg = json.loads((reference / "config.json").read_text())
+    assert cfg["size"] == "debug" and cfg["ae_loop"]["steps"] == 12 and cfg["holdout_episodes"]
+    assert not set(cfg["train_episodes"]) & set(cfg["holdout_episodes"])
+    ckpts = sorted(p.name for p in (reference / "checkpoints/dynamics").iterdir())
+    assert ckpts == ["step_0000003", "step_0000006", "step_0000009", "step_0000012"]
+    for c in ckpts:
+        assert (reference / "checkpoints/dynamics" / c / "COMPLETE").exists()
+    assert json.loads((reference / "world/world.json").read_text())["format"] == "simulacra.world"
+
+
+def test_resume_after_sigkill_matches_uninterrupted(data, reference, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        *TRAIN,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--ae-steps",
+        "12",
+        "--dyn-steps",
+        "12",
+        "--ckpt-every",
+        "3",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints/dynamics/step_0000003/COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "world/world.json").exists(), "the run finished before it could be killed"
+    train(data, out, "--ae-steps", "12", "--dyn-steps", "12", "--ckpt-every", "3", "--resume")
+    a, b = weights(reference), weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def outputs(run, ds):
+    """What a world computes on fixed inputs (function space: a bias in front of a GroupNorm has no
+    gradient but float noise, which Adam turns into +-lr steps, so raw weights are the wrong yardstick)."""
+    world = World.load(run)
+    frames = ds.frames(0, 0, 3)
+    recon = world.decode(world.encode(frames)).astype(np.float32)
+    world.reset(frames, actions=np.array([1, 2]), seed=0)
+    dream, _, _ = world.rollout([3, 0])
+    return recon, dream.astype(np.float32)
+
+
+def test_two_processes_match_one(data, tmp_path):
+    one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
+    common = ["--ae-steps", "6", "--dyn-steps", "6", "--batch-size", "8"]
+    train(data, one, *common)
+    train(data, other, *common, "--seed", "1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "simulacra.cli",
+        "train",
+        "--size",
+        "debug",
+        "--no-tensorboard",
+        "--data",
+        str(data),
+        "--out",
+        str(two),
+        *common,
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    ds = Dataset.open(data)
+    a, b, c = outputs(one, ds), outputs(two, ds), outputs(other, ds)
+    for x, y, z in zip(a, b, c, strict=True):
+        same, different = np.abs(x - y).mean(), np.abs(x - z).mean()
+        assert same < 0.1 * different, (same, different)  # 2 processes ~ 1 process, far closer than another seed
+
+
+def test_world_api(reference, data):
+    world = World.load(reference)
+    ds = Dataset.open(data)
+    frame = world.reset(episode=(ds, 0, 5), seed=1)
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    f, r, d = world.step(2)
+    assert f.shape == (64, 64, 3) and isinstance(r, float) and isinstance(d, bool)
+    frames, rewards, dones = world.rollout([0, 1, 2, 3, 1])
+    assert frames.shape == (5, 64, 64, 3) and rewards.shape == (5,)
+    # batched: two different starts, same seed gives the same dream
+    starts = np.stack([ds.frames(0, 0, 3), ds.frames(1, 0, 3)])
+    world.reset(starts, actions=np.array([[1, 2], [0, 3]]), seed=3)
+    fa, _, _ = world.rollout(np.ones((2, 4), int))
+    world.reset(starts, actions=np.array([[1, 2], [0, 3]]), seed=3)
+    fb, _, _ = world.rollout(np.ones((2, 4), int))
+    assert fa.shape == (2, 4, 64, 64, 3) and np.array_equal(fa, fb)
+    # latent side: batched step without decoding
+    z = world.encode(ds.frames(2, 0, 2))
+    state = world.initial_state(z[None], past_actions=np.array([[1]]))
+    state, z_next, reward, done = world.latent_step(state, [3])
+    assert z_next.shape == (1, *z.shape[1:])
+    assert world.decode(z_next).shape == (1, 64, 64, 3)
+    with pytest.raises(SimulacraError, match="outside the action space"):
+        world.step(7)
+    world.reset(image=ds.frames(0, 0, 1)[0])
+    with pytest.raises(SimulacraError, match="trained on"):
+        world.reset(image=np.zeros((32, 32, 3), np.uint8))
