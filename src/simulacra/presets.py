@@ -36,7 +36,8 @@ class WorldPreset:
     keys_relative: bool = False
     """Whether key values are deltas added to the current action (continuous control)."""
     noop_action: Any = 0
-    """Action sent when no key is pressed."""
+    """Discrete: action sent when no key is pressed. Relative (Box) keys: the starting action; with no
+    key pressed the current action is kept, so a pusher stays where it is."""
     fps: int = 15
     """Playback rate of recorded frames (previews, play)."""
     description: str = ""
@@ -80,13 +81,15 @@ PRESETS: dict[str, WorldPreset] = {
         WorldPreset(
             name="doom",
             env_id="VizdoomTakeCover-v1",
-            env_kwargs={"frame_skip": 4},
+            # objects_info_enabled: the explorer reads fireball positions (frames are unchanged)
+            env_kwargs={"frame_skip": 4, "objects_info_enabled": True},
             frame_source="obs:screen",
             max_episode_steps=500,
+            policy="takecover",
             policy_kwargs={"sticky": 0.8},
             keys={"ArrowRight": 1, "ArrowLeft": 2},
             fps=9,
-            description="ViZDoom Take Cover (dodge fireballs; the World Models Doom task), frame skip 4",
+            description="ViZDoom Take Cover (dodge fireballs; the World Models Doom task), frame skip 4, dodging explorer",
         ),
         WorldPreset(
             name="pusht",
@@ -101,7 +104,7 @@ PRESETS: dict[str, WorldPreset] = {
                 "ArrowDown": [0.0, 16.0],
             },
             keys_relative=True,
-            noop_action=[256.0, 256.0],
+            noop_action=[256.0, 256.0],  # start at the centre; no key = keep the current target
             fps=10,
             description="Push-T (gym-pusht pixels), scripted explorer that pushes the T block around",
         ),
@@ -109,7 +112,8 @@ PRESETS: dict[str, WorldPreset] = {
             name="crafter",
             env_id="simulacra/Crafter-v0",
             max_episode_steps=1000,
-            policy_kwargs={"sticky": 0.5},
+            # mostly moves and 'do' (uniform choice sleeps often, and sleepers die to zombies at once)
+            policy_kwargs={"sticky": 0.5, "weights": [1, 3, 3, 3, 3, 3, 0.1, *[0.5] * 4, *[0.25] * 6]},
             keys={
                 "a": 1,
                 "d": 2,
@@ -136,11 +140,12 @@ PRESETS: dict[str, WorldPreset] = {
             env_id="MiniGrid-DoorKey-8x8-v0",
             frame_source="render",
             max_episode_steps=300,
+            policy="minigrid",
             policy_kwargs={"sticky": 0.3},
             keys={"ArrowLeft": 0, "ArrowRight": 1, "ArrowUp": 2, "p": 3, "d": 4, " ": 5},
             noop_action=6,
             fps=6,
-            description="MiniGrid DoorKey 8x8, full rendered view",
+            description="MiniGrid DoorKey 8x8, full rendered view, explorer that fetches the key and opens the door",
         ),
     ]
 }

@@ -204,15 +204,15 @@ def save_run_config(run: Path, config: dict) -> None:
 # ---- the pipeline: data set -> autoencoder -> latents -> dynamics -> world ----------------------
 SIZES: dict[str, dict] = {
     # ae: AutoencoderConfig fields; dyn: DynamicsConfig fields; steps and batch per stage
-    "debug": {"ae": {"channels": 8, "latent_channels": 4}, "dyn": {"context": 2, "channels": 16, "channel_mult": (1, 2), "cond_dim": 32},
+    "debug": {"ae": {"channels": 16, "latent_channels": 4, "blocks": 1}, "dyn": {"context": 2, "channels": 16, "channel_mult": (1, 2), "cond_dim": 32},
               "ae_steps": 30, "dyn_steps": 30, "ae_batch": 8, "dyn_batch": 8, "ae_lr": 2e-3, "dyn_lr": 1e-3},
-    "nano": {"ae": {"channels": 32, "latent_channels": 4}, "dyn": {"context": 4, "channels": 64, "channel_mult": (1, 2, 2), "cond_dim": 128},
+    "nano": {"ae": {"channels": 64, "latent_channels": 8}, "dyn": {"context": 4, "channels": 64, "channel_mult": (1, 2, 2), "cond_dim": 128},
              "ae_steps": 1500, "dyn_steps": 3000, "ae_batch": 32, "dyn_batch": 32, "ae_lr": 2e-3, "dyn_lr": 5e-4},
-    "small": {"ae": {"channels": 64, "latent_channels": 4, "blocks": 2}, "dyn": {"context": 8, "channels": 128, "channel_mult": (1, 2, 2), "cond_dim": 256, "blocks": 2},
+    "small": {"ae": {"channels": 128, "latent_channels": 8, "blocks": 3}, "dyn": {"context": 8, "channels": 128, "channel_mult": (1, 2, 2), "cond_dim": 256, "blocks": 2},
               "ae_steps": 20000, "dyn_steps": 60000, "ae_batch": 64, "dyn_batch": 64, "ae_lr": 1e-3, "dyn_lr": 3e-4},
-    "base": {"ae": {"channels": 96, "latent_channels": 8, "blocks": 2}, "dyn": {"context": 16, "channels": 192, "channel_mult": (1, 2, 3), "cond_dim": 384, "blocks": 2},
+    "base": {"ae": {"channels": 192, "latent_channels": 8, "blocks": 4}, "dyn": {"context": 16, "channels": 192, "channel_mult": (1, 2, 3), "cond_dim": 384, "blocks": 2},
              "ae_steps": 50000, "dyn_steps": 200000, "ae_batch": 128, "dyn_batch": 128, "ae_lr": 1e-3, "dyn_lr": 2e-4},
-    "large": {"ae": {"channels": 128, "latent_channels": 8, "blocks": 3}, "dyn": {"context": 32, "channels": 256, "channel_mult": (1, 2, 3, 4), "cond_dim": 512, "blocks": 3},
+    "large": {"ae": {"channels": 256, "latent_channels": 16, "blocks": 6}, "dyn": {"context": 32, "channels": 256, "channel_mult": (1, 2, 3, 4), "cond_dim": 512, "blocks": 3},
               "ae_steps": 100000, "dyn_steps": 500000, "ae_batch": 256, "dyn_batch": 256, "ae_lr": 5e-4, "dyn_lr": 1e-4},
 }  # fmt: skip
 

@@ -60,7 +60,8 @@ def find_frame_source(env: gym.Env, requested: str = "auto") -> str:
         for key, sub in space.spaces.items():
             if _is_image(sub):
                 return f"obs:{key}"
-    if env.render_mode == "rgb_array":
+    # render_mode alone is not enough: gym.make sets it even on envs that declare no rgb_array rendering
+    if env.render_mode == "rgb_array" and "rgb_array" in (env.metadata or {}).get("render_modes", []):
         return "render"
     raise SimulacraError(
         f"env {env.spec.id if env.spec else env}: observations are {space}, not images, and it does not "

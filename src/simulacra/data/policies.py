@@ -33,12 +33,17 @@ class Policy:
 
 
 class RandomPolicy(Policy):
-    """Uniform random actions, each kept with probability ``sticky`` so movement is sustained."""
+    """Random actions, each kept with probability ``sticky`` so movement is sustained.
+
+    ``weights`` (Discrete spaces only) are relative action probabilities, for worlds where uniform
+    choice wastes most steps on actions that do nothing or end the episode (e.g. Crafter's sleep).
+    """
 
     name = "random"
 
-    def __init__(self, sticky: float = 0.75):
+    def __init__(self, sticky: float = 0.75, weights: list[float] | None = None):
         self.sticky = sticky
+        self.p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
 
     def reset(self, seed, env):
         super().reset(seed, env)
@@ -46,7 +51,13 @@ class RandomPolicy(Policy):
 
     def act(self, env):
         if self.prev is None or self.rng.random() > self.sticky:
-            self.prev = sample_action(env.action_space, self.rng)
+            space = env.action_space
+            if self.p is not None:
+                if not isinstance(space, gym.spaces.Discrete) or space.n != len(self.p):
+                    raise ValueError(f"{len(self.p)} action weights do not fit the action space {space}")
+                self.prev = int(space.start + self.rng.choice(space.n, p=self.p))
+            else:
+                self.prev = sample_action(space, self.rng)
         return self.prev
 
 
@@ -134,39 +145,66 @@ class CarRacingPolicy(Policy):
         return action
 
 
-class PushTPolicy(Policy):
-    """Moves the pusher to waypoints around and onto the T block so it gets pushed in many ways.
+def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Distance from point p to the segment a-b."""
+    ab = b - a
+    t = np.clip((p - a) @ ab / max(ab @ ab, 1e-9), 0.0, 1.0)
+    return float(np.linalg.norm(a + t * ab - p))
 
-    Random absolute targets jitter the agent in place and rarely touch the block. This picks a
-    waypoint near the block (sometimes anywhere), walks the target there in small steps, and
-    re-plans on arrival. Actions are absolute target positions in [0, 512]^2.
+
+class PushTPolicy(Policy):
+    """Walks the pusher through strokes that push the T block somewhere, plus pokes and free moves.
+
+    Random absolute targets jitter the agent in place and rarely touch the block. This plans one
+    waypoint list at a time: a *push* (go behind the block as seen from a random destination, then
+    walk through it to the destination, so the block travels and turns, and blocks pushed into a
+    wall come back out), a *poke* (a point near the block: glancing contacts, rotations) or a *move*
+    (anywhere: the agent alone). Each plan has its own speed. Actions are absolute target positions
+    in [0, 512]^2 (gym_pusht: a PD controller pulls the agent towards them; y grows downwards).
     """
 
     name = "pusht"
 
-    def __init__(self, step_px: float = 18.0, near_block: float = 0.8):
-        self.step_px, self.near_block = step_px, near_block
+    def __init__(self, speed: tuple[float, float] = (8.0, 30.0), plans: tuple[float, float, float] = (0.6, 0.3, 0.1)):
+        self.speed_range, self.plans = speed, np.asarray(plans) / np.sum(plans)
 
     def reset(self, seed, env):
         super().reset(seed, env)
-        self.waypoint = None
+        self.waypoints: list[np.ndarray] = []
 
-    def _new_waypoint(self, env):
+    def _plan(self, env):
         u = env.unwrapped
-        if self.rng.random() < self.near_block:
-            bx, by = u.block.position
-            r, a = self.rng.uniform(0, 90), self.rng.uniform(0, 2 * math.pi)
-            return np.clip([bx + r * math.cos(a), by + r * math.sin(a)], 20, 492)
-        return self.rng.uniform(40, 472, size=2)
+        # the T's centre of mass (``block.position`` is the body origin, on the crossbar's edge)
+        block = np.array(u.block.local_to_world(u.block.center_of_gravity), dtype=np.float64)
+        self.speed = float(self.rng.uniform(*self.speed_range))
+        kind = self.rng.choice(3, p=self.plans)
+        if kind == 0:  # push: from behind the block, through it, to a destination away from the walls
+            dest = self.rng.uniform(120, 392, size=2)
+            away = block - dest
+            away /= max(np.linalg.norm(away), 1e-6)
+            behind = np.clip(block + away * self.rng.uniform(60, 100) + self.rng.normal(0, 15, size=2), 20, 492)
+            self.waypoints = [behind, dest]
+            agent = np.array(u.agent.position, dtype=np.float64)
+            if _segment_distance(block, agent, behind) < 70:  # go round the block, not through it
+                side = np.array([-away[1], away[0]])
+                side *= np.sign(side @ (agent - block)) or 1.0
+                self.waypoints.insert(0, np.clip(block + 90 * side, 20, 492))
+        elif kind == 1:  # poke: a point near the block
+            r, a = self.rng.uniform(0, 80), self.rng.uniform(0, 2 * math.pi)
+            self.waypoints = [np.clip(block + r * np.array([math.cos(a), math.sin(a)]), 20, 492)]
+        else:  # move: anywhere
+            self.waypoints = [self.rng.uniform(30, 482, size=2)]
 
     def act(self, env):
         u = env.unwrapped
         pos = np.array(u.agent.position, dtype=np.float64)
-        if self.waypoint is None or np.linalg.norm(self.waypoint - pos) < 10 or self.rng.random() < 0.03:
-            self.waypoint = self._new_waypoint(env)
-        delta = self.waypoint - pos
+        if self.waypoints and np.linalg.norm(self.waypoints[0] - pos) < 12:
+            self.waypoints.pop(0)
+        if not self.waypoints or self.rng.random() < 0.01:
+            self._plan(env)
+        delta = self.waypoints[0] - pos
         dist = np.linalg.norm(delta)
-        target = pos + delta / max(dist, 1e-6) * min(dist, self.step_px) + self.rng.normal(0, 2, size=2)
+        target = pos + delta / max(dist, 1e-6) * min(dist, self.speed) + self.rng.normal(0, 2, size=2)
         return np.clip(target, 0, 512).astype(np.float32)
 
 
@@ -185,7 +223,7 @@ class TakeCoverPolicy(RandomPolicy):
     Y_RANGE = (16.0, 752.0)  # the strip the player walks along
     SPEED = (0.0, -7.0, 7.0)  # the player's y velocity per tic under each action (full speed)
 
-    def __init__(self, sticky: float = 0.8, lapse: float = 0.1, clearance: float = 40.0, horizon: float = 60.0):
+    def __init__(self, sticky: float = 0.8, lapse: float = 0.3, clearance: float = 60.0, horizon: float = 60.0):
         super().__init__(sticky)
         self.lapse, self.clearance, self.horizon = lapse, clearance, horizon
 
@@ -214,7 +252,100 @@ class TakeCoverPolicy(RandomPolicy):
         return self.prev
 
 
-POLICIES = {p.name: p for p in (RandomPolicy, CarRacingPolicy, PushTPolicy, TakeCoverPolicy)}
+class MiniGridPolicy(RandomPolicy):
+    """MiniGrid (DoorKey and kin): walks to a subgoal by breadth-first search and uses it, with random steps.
+
+    Random actions mostly turn on the spot or do nothing (pickup/drop/toggle/done on empty floor):
+    they rarely open the door and never enter the second room. Subgoals: the key (pick it up), the
+    closed door once the key is carried (open it), a random reachable cell (wander), rarely the goal
+    square (ends the episode). With probability ``epsilon`` a step is a random sticky action instead,
+    so bumps, turns, drops and useless actions are in the data too. Actions: 0 turn left, 1 turn
+    right, 2 forward, 3 pickup, 4 drop, 5 toggle, 6 done; directions 0 +x, 1 +y, 2 -x, 3 -y.
+    """
+
+    name = "minigrid"
+    STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+    def __init__(self, sticky: float = 0.3, epsilon: float = 0.2, weights: list[float] | None = None):
+        super().__init__(sticky, weights)
+        self.epsilon = epsilon
+
+    def reset(self, seed, env):
+        super().reset(seed, env)
+        self.target = None  # (cell, action to use on it or None to step onto it)
+
+    def _cells(self, u, kind):
+        return [(x, y) for x in range(u.width) for y in range(u.height) if (c := u.grid.get(x, y)) and c.type == kind]
+
+    def _passable(self, u, x, y):
+        c = u.grid.get(x, y)
+        return c is None or (c.can_overlap() and c.type not in ("lava", "goal"))  # the goal ends the episode
+
+    def _choose(self, u):
+        doors = [d for d in self._cells(u, "door") if not u.grid.get(*d).is_open]
+        keys = self._cells(u, "key")
+        r = self.rng.random()
+        if u.carrying is None and keys and r < 0.7:
+            return keys[self.rng.integers(len(keys))], 3
+        if u.carrying is not None and doors and r < 0.7:
+            return doors[self.rng.integers(len(doors))], 5
+        goals = self._cells(u, "goal")
+        if goals and r < 0.03:
+            return goals[0], None
+        free = [(x, y) for x in range(u.width) for y in range(u.height) if u.grid.get(x, y) is None]
+        return free[self.rng.integers(len(free))], None
+
+    def _path_step(self, u, start, cell):
+        """First cell on a shortest path from start to cell (its last step may enter cell, or face it)."""
+        prev, frontier = {start: None}, [start]
+        while frontier:
+            nxt = []
+            for p in frontier:
+                for dx, dy in self.STEPS:
+                    q = (p[0] + dx, p[1] + dy)
+                    if q in prev:
+                        continue
+                    if q == cell:
+                        prev[q] = p
+                        while prev[q] != start:
+                            q = prev[q]
+                        return q
+                    if self._passable(u, *q):
+                        prev[q] = p
+                        nxt.append(q)
+            frontier = nxt
+        return None
+
+    def act(self, env):
+        explore = super().act(env)  # always drawn, so the random stream doesn't depend on the plan
+        u = env.unwrapped
+        if self.rng.random() < self.epsilon:
+            return explore
+        pos = tuple(int(v) for v in u.agent_pos)
+        for _ in range(3):  # re-plan when the subgoal is done or unreachable
+            if self.target is None:
+                self.target = self._choose(u)
+            cell, use = self.target
+            c = u.grid.get(*cell)
+            if use == 3:  # pick up the key: done once carrying something, void if the key moved
+                done = u.carrying is not None or c is None or c.type != "key"
+            elif use == 5:  # open the door: needs the key (a random step may have dropped it)
+                done = u.carrying is None or c is None or c.type != "door" or c.is_open
+            else:  # walk there: done on arrival, void if something was dropped on it
+                done = pos == cell or (c is not None and c.type != "goal" and not c.can_overlap())
+            step = None if done else self._path_step(u, pos, cell)
+            if step is not None:
+                break
+            self.target = None
+        else:
+            return explore
+        want = self.STEPS.index((step[0] - pos[0], step[1] - pos[1]))
+        if want == u.agent_dir:
+            return use if step == cell and use is not None else 2
+        return 1 if (want - u.agent_dir) % 4 == 1 else 0
+
+
+POLICIES = {p.name: p for p in (RandomPolicy, CarRacingPolicy, PushTPolicy, TakeCoverPolicy, MiniGridPolicy)}
 
 
 def make_policy(name: str, **kwargs) -> Policy:

@@ -90,8 +90,11 @@ def record(cfg: RecordConfig) -> Path:
     if (out / "info.json").exists() and not cfg.overwrite:
         raise SimulacraError(f"{out} already holds a data set; pass --overwrite to replace it or --out elsewhere")
     probe = _make(p)  # fails here, in this process, with a clear message if the env is unusable
-    action_space = probe.action_space
-    probe.close()
+    try:
+        probe.reset(seed=cfg.seed)  # a first frame must come out before anything is written
+        action_space = probe.action_space
+    finally:
+        probe.close()
     info = {
         "frame_shape": [p.resolution, p.resolution, 3],
         "action_space": action_space_to_json(action_space),

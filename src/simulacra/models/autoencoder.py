@@ -1,5 +1,5 @@
-"""Frame autoencoder: 64x64 RGB <-> a small spatial latent (16x16x4 by default) the dynamics model
-works in. Deterministic and nearly lossless on the worlds we record, so the generative part (and its
+"""Frame autoencoder: 64x64 RGB <-> a small spatial latent (16x16x8 by default) the dynamics model
+works in. Patches of 4x4 pixels are folded into channels first, so all the work happens at 16x16. Deterministic and nearly lossless on the worlds we record, so the generative part (and its
 sharpness) lives in the dynamics model; an L1 + image-gradient loss keeps edges crisp.
 """
 
@@ -16,14 +16,15 @@ from simulacra.models.common import batch_rng
 
 @dataclass
 class AutoencoderConfig:
-    channels: int = 32
-    """Width of the first stage; each downsampling stage doubles it."""
-    stages: int = 2
-    """Stride-2 stages: latent side = frame side / 2**stages (64 -> 16 with 2)."""
-    latent_channels: int = 4
-    """Channels of the latent grid."""
-    blocks: int = 1
-    """Residual blocks per stage."""
+    patch: int = 4
+    """Pixel-unshuffle factor: frames become a (H/patch, W/patch) grid of patch*patch*3 values,
+    so every convolution runs at the latent resolution (cheap on CPU)."""
+    channels: int = 64
+    """Width of the convolutions at the latent resolution."""
+    latent_channels: int = 8
+    """Channels of the latent grid (16x16x8 = 6x fewer numbers than a 64x64x3 frame)."""
+    blocks: int = 2
+    """Residual blocks in the encoder and in the decoder."""
     grad_loss: float = 0.5
     """Weight of the image-gradient L1 term (sharp edges) beside the pixel L1 term."""
 
@@ -52,22 +53,26 @@ class Autoencoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         self.cfg = cfg
-        chs = [cfg.channels * 2**i for i in range(cfg.stages + 1)]
-        enc: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, padding=1)]
-        for i in range(cfg.stages):
-            enc += [ResBlock(chs[i]) for _ in range(cfg.blocks)]
-            enc += [nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1)]
-        enc += [ResBlock(chs[-1]), nn.GroupNorm(8, chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], cfg.latent_channels, 1)]
-        self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, chs[-1], 3, padding=1), ResBlock(chs[-1])]
-        for i in reversed(range(cfg.stages)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i + 1], chs[i], 3, padding=1)]
-            dec += [ResBlock(chs[i]) for _ in range(cfg.blocks)]
-        dec += [nn.GroupNorm(8, chs[0]), nn.SiLU(), nn.Conv2d(chs[0], 3, 3, padding=1)]
-        self.decoder = nn.Sequential(*dec)
+        p2, ch = 3 * cfg.patch**2, cfg.channels
+        self.encoder = nn.Sequential(
+            nn.PixelUnshuffle(cfg.patch),
+            nn.Conv2d(p2, ch, 1),
+            *[ResBlock(ch) for _ in range(cfg.blocks)],
+            nn.GroupNorm(8, ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, cfg.latent_channels, 3, padding=1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(cfg.latent_channels, ch, 3, padding=1),
+            *[ResBlock(ch) for _ in range(cfg.blocks)],
+            nn.GroupNorm(8, ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, p2, 3, padding=1),
+            nn.PixelShuffle(cfg.patch),
+        )
 
     def encode(self, frames_BCHW: torch.Tensor) -> torch.Tensor:
-        """uint8 or [-1, 1] frames -> latents (B, latent_channels, H/2**stages, W/2**stages)."""
+        """uint8 or [-1, 1] frames -> latents (B, latent_channels, H/patch, W/patch)."""
         x = to_unit(frames_BCHW) if frames_BCHW.dtype == torch.uint8 else frames_BCHW
         return torch.tanh(self.encoder(x))  # bounded latents keep the dynamics model's target scale fixed
 
