@@ -14,11 +14,9 @@ from simulacra.errors import SimulacraError
 
 # Verbs whose issues have not landed yet: listed so users see the whole plan, and say so plainly.
 PLANNED = {
-    "eval": "evaluate a world model against held-out real episodes and baselines",
     "play": "play a world model in the browser, side by side with the real env",
     "plan": "reach a goal image by planning in the world model's latent space",
     "dream": "train an agent inside the world model, score it in the real env",
-    "export": "export a trained world (ONNX, video)",
 }
 
 USAGE = """usage: simulacra VERB [options]      (simulacra VERB --help for each verb's options)
@@ -27,6 +25,8 @@ verbs:
   record       record trajectories from a real Gymnasium env into a data set
   data         data sets: info | view | verify | import | export
   train        train a world model (autoencoder + latent dynamics) on a data set
+  eval         evaluate a world model against held-out real episodes and baselines
+  export       export a trained world's per-frame step to ONNX (fast CPU inference), check and time it
 {planned}
 presets: {presets}
 """
@@ -52,6 +52,19 @@ def _train(args: list[str]) -> None:
 
     cfg = tyro.cli(TrainConfig, args=args, prog="simulacra train")
     train(cfg)
+
+
+def _eval(args: list[str]) -> None:
+    from simulacra.eval import EvalConfig, evaluate
+
+    cfg = tyro.cli(EvalConfig, args=args, prog="simulacra eval")
+    evaluate(cfg)
+
+
+def _export(args: list[str]) -> None:
+    from simulacra.export import ExportConfig, export_command
+
+    export_command(tyro.cli(ExportConfig, args=args, prog="simulacra export"))
 
 
 def _data(args: list[str]) -> None:
@@ -81,9 +94,13 @@ def _planned(verb: str) -> Callable[[list[str]], None]:
     return run
 
 
-VERBS: dict[str, Callable[[list[str]], None]] = {"record": _record, "data": _data, "train": _train} | {
-    v: _planned(v) for v in PLANNED
-}
+VERBS: dict[str, Callable[[list[str]], None]] = {
+    "record": _record,
+    "data": _data,
+    "train": _train,
+    "eval": _eval,
+    "export": _export,
+} | {v: _planned(v) for v in PLANNED}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     except SimulacraError as e:
         print(f"simulacra {argv[0]}: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except BrokenPipeError:  # `simulacra data info | head`
+        sys.stderr.close()
+        sys.exit(0)
     except KeyboardInterrupt:
         print(f"simulacra {argv[0]}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -42,6 +42,8 @@ class World:
         self.state: LatentState | None = None
         self._batched = False
         self.generator = torch.Generator().manual_seed(0)
+        self.path: Path | None = None  # the directory it was loaded from, if any
+        self._onnx = None  # an ONNX Runtime session on the per-frame step (use_onnx)
 
     # ---- persistence -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -56,7 +58,10 @@ class World:
         os.replace(path / ".tmp-world.json", path / "world.json")
 
     @classmethod
-    def load(cls, path: str | Path) -> World:
+    def load(cls, path: str | Path, backend: str = "torch") -> World:
+        """Load a world (or a run directory's world); ``backend="onnx"`` steps it with ONNX Runtime."""
+        if backend not in ("torch", "onnx"):
+            raise SimulacraError(f"unknown backend {backend!r}; backends: torch, onnx")
         path = Path(path)
         if (path / "world").is_dir() and not (path / "world.json").exists():
             path = path / "world"  # a run directory
@@ -74,7 +79,17 @@ class World:
         dyn = Dynamics(DynamicsConfig(**dcfg), ae.cfg.latent_channels, meta["action_space"])
         ae.load_state_dict(load_file(path / "autoencoder.safetensors"))
         dyn.load_state_dict(load_file(path / "dynamics.safetensors"))
-        return cls(ae, dyn, meta)
+        world = cls(ae, dyn, meta)
+        world.path = path
+        return world.use_onnx() if backend == "onnx" else world
+
+    def use_onnx(self, path: str | Path | None = None, threads: int = 2) -> World:
+        """Run the per-frame step (sampling + decoding) with ONNX Runtime on CPU; the graph is
+        ``<world dir>/step.onnx``, exported (and checked against eager) if missing or stale."""
+        from simulacra.export import load_step
+
+        self._onnx = load_step(self, path, threads=threads)
+        return self
 
     # ---- latent side -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,7 +146,7 @@ class World:
             (B, K, *self.action_space["shape"]) if box else (B, K), dtype=torch.float32 if box else torch.long
         )
         if past_actions is not None and n > 1:
-            pa = torch.as_tensor(np.asarray(past_actions)).reshape(B, n - 1, *acts.shape[2:])
+            pa = torch.as_tensor(np.array(past_actions)).reshape(B, n - 1, *acts.shape[2:])
             acts[:, K - n : K - 1] = pa.to(acts.dtype)
         pad = torch.zeros(B, K, dtype=torch.bool)
         pad[:, : K - n] = True
@@ -142,16 +157,26 @@ class World:
         self, state: LatentState, actions_B, steps: int | None = None
     ) -> tuple[LatentState, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One dreamed step for a batch, no decoding: (new state, next latents, reward sign, done prob)."""
+        return self._advance(state, actions_B, steps)[:4]
+
+    @torch.no_grad()
+    def _advance(self, state: LatentState, actions_B, steps: int | None = None):
+        """latent_step, plus the decoded frames where the ONNX graph made them anyway (else None)."""
         B = state.latents.shape[0]
         acts = state.actions.clone()
         acts[:, -1] = self._action_tensor(actions_B, B).to(acts.dtype)
-        z, reward, done = self.dyn.sample(state.latents, acts, state.pad, steps=steps, generator=self.generator)
+        frame = None
+        if self._onnx is not None and steps in (None, self.dyn.cfg.sampling_steps):
+            noise, ctx_noise = self.dyn.sample_noise(state.latents, self.generator)  # same draws as eager
+            z, frame, reward, done = self._onnx(state.latents, acts, state.pad, noise, ctx_noise)
+        else:
+            z, reward, done = self.dyn.sample(state.latents, acts, state.pad, steps=steps, generator=self.generator)
         new = LatentState(
             torch.cat([state.latents[:, 1:], z[:, None]], 1),
             torch.cat([acts[:, 1:], acts[:, -1:]], 1),
             torch.cat([state.pad[:, 1:], torch.zeros(B, 1, dtype=torch.bool)], 1),
         )
-        return new, z, reward, done
+        return new, z, reward, done, frame
 
     # ---- pixel side (Gymnasium-like) ---------------------------------------------------------------
     def reset(self, frames=None, actions=None, *, image=None, episode=None, seed: int | None = None):
@@ -189,15 +214,15 @@ class World:
         return last if self._batched else last[0]
 
     def _latent_shape(self) -> tuple[int, int, int]:
-        H = self.config["frame_shape"][0] // 2**self.ae.cfg.stages
+        H = self.config["frame_shape"][0] // self.ae.cfg.patch
         return (self.ae.cfg.latent_channels, H, H)
 
     def step(self, action):
         """Advance the dream by one action (or a batch of actions): (frame, reward, done)."""
         if self.state is None:
             raise SimulacraError("call reset() before step()")
-        self.state, z, reward, done = self.latent_step(self.state, action)
-        frame = self.decode(z)
+        self.state, z, reward, done, frame = self._advance(self.state, action)
+        frame = self.decode(z) if frame is None else frame
         reward, done = reward.numpy(), done.numpy() > 0.5
         if self._batched:
             return frame, reward, done

@@ -192,20 +192,34 @@ class Dynamics(nn.Module):
         return loss, {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
 
     # ---- inference -------------------------------------------------------------------------------
+    def sample_noise(self, ctx_BKChw, generator=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The randomness of one ``sample`` call, drawn in its order: (initial noise (B, C, h, w),
+        context noise (B, K, C, h, w), or None when inference adds no context noise)."""
+        ctx_noise = None
+        if self.cfg.context_noise_infer > 0:
+            ctx_noise = torch.randn(ctx_BKChw.shape, generator=generator).to(ctx_BKChw)
+        noise = torch.randn((ctx_BKChw.shape[0], *ctx_BKChw.shape[2:]), generator=generator).to(ctx_BKChw)
+        return noise, ctx_noise
+
     @torch.no_grad()
-    def sample(self, ctx_BKChw, actions_BK, pad_BK=None, steps: int | None = None, generator=None):
+    def sample(
+        self, ctx_BKChw, actions_BK, pad_BK=None, steps: int | None = None, generator=None, noise=None, ctx_noise=None
+    ):
         """Sample next latents given (normalised) context latents and the K actions taken at them.
-        Returns (latents (B, C, h, w), reward sign (B,), termination probability (B,))."""
+        The initial ``noise`` (B, C, h, w) and ``ctx_noise`` (B, K, C, h, w) are drawn from ``generator``
+        unless given. Returns (latents (B, C, h, w), reward sign (B,), termination probability (B,))."""
         steps = steps or self.cfg.sampling_steps
         B = ctx_BKChw.shape[0]
         level = torch.full((B,), self.cfg.context_noise_infer, device=ctx_BKChw.device)
+        if noise is None or (ctx_noise is None and self.cfg.context_noise_infer > 0):
+            drawn, drawn_ctx = self.sample_noise(ctx_BKChw, generator)
+            noise, ctx_noise = (drawn if noise is None else noise), (drawn_ctx if ctx_noise is None else ctx_noise)
         if self.cfg.context_noise_infer > 0:
-            noise = torch.randn(ctx_BKChw.shape, generator=generator).to(ctx_BKChw)
-            ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * noise
-        x = torch.randn((B, *ctx_BKChw.shape[2:]), generator=generator).to(ctx_BKChw)
-        ts = torch.linspace(1, 0, steps + 1)
+            ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * ctx_noise
+        x = noise
+        ts = [1 - i / steps for i in range(steps + 1)]  # Python floats: an unrolled loop of constants on export
         for i in range(steps):
-            t = torch.full((B,), float(ts[i]), device=x.device)
+            t = torch.full((B,), ts[i], device=x.device)
             x = x + (ts[i + 1] - ts[i]) * self.velocity(x, t, ctx_BKChw, actions_BK, level, pad_BK)
         r_logits, d_logit = self.heads_logits(ctx_BKChw, actions_BK, pad_BK)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)

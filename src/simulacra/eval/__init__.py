@@ -1,0 +1,156 @@
+"""`simulacra eval`: a trained world against reality and simple baselines, on held-out episodes.
+
+Open loop with the true actions (PSNR, SSIM, sharpness per horizon; copy-last-frame baseline),
+controllability (an inverse-dynamics model trained on real pairs, scored on real vs generated pairs;
+PSNR with true minus random actions), drift (long rollouts: sharpness and distance to the data),
+speed (frames/s of world.step). Writes <run>/eval/metrics.json and report.html.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulacra.errors import SimulacraError
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a trained world against held-out real episodes and baselines."""
+
+    run: str | None = None
+    """Run directory (or its world/ folder) to evaluate (default: the most recent under ./runs)."""
+    data: str | None = None
+    """Evaluate on this data set instead of recording fresh episodes (the training data set: its held-out episodes only)."""
+    episodes: int = 8
+    """Held-out episodes: recorded fresh, or at most this many taken from --data / the run's holdout."""
+    seed: int = 100000
+    """Fresh episode k is recorded with seed + k: keep it far from the training data's seeds."""
+    num_envs: int = 2
+    """Env processes for recording the fresh episodes."""
+    max_episode_steps: int | None = None
+    """Length cap of the fresh episodes (default: the training preset's)."""
+    horizon: int = 64
+    """Open-loop rollout length H: metrics are reported for horizons 1..H."""
+    starts: int = 4
+    """Open-loop start points per held-out episode (evenly spaced, each with a full context)."""
+    batch_size: int = 32
+    """Rollouts stepped together (the World API is batched)."""
+    delta_horizon: int = 16
+    """ΔPSNR: mean PSNR over horizons 1..this with the true actions minus with uniformly random actions."""
+    idm_steps: int = 400
+    """Training steps (batch 64) of the inverse-dynamics model on real pairs of group A."""
+    idm_pairs: int = 512
+    """Held-out pairs (group B) the IDM is scored on, real and generated alike."""
+    drift_steps: int = 256
+    """Length of the long rollouts that measure drift."""
+    drift_starts: int = 4
+    """Number of long rollouts (from the start of group-B episodes)."""
+    pool_frames: int = 2000
+    """Real frames (group A) that the nearest-real distance searches."""
+    speed_steps: int = 32
+    """Timed world.step calls per batch size."""
+    speed_batch: int = 16
+    """Batch size of the batched speed measurement (batch 1 is always measured)."""
+    videos: int = 4
+    """Rollouts shown side by side (real | generated) in the report's videos."""
+    onnx: bool = True
+    """Also time the World's ONNX backend where it has one (exports <world>/step.onnx once)."""
+    rng_seed: int = 0
+    """Seeds the world's sampling noise, the random actions, the A/B split, sub-sampling and the IDM."""
+    out: str | None = None
+    """Where metrics.json, report.html and the videos go (default: <run>/eval)."""
+
+
+def _run_dir(path: str | None) -> tuple[Path, Path]:
+    """(run directory, world directory)."""
+    if path is None:
+        runs = sorted(Path("runs").glob("*/world/world.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SimulacraError("no trained world under ./runs; pass --run RUN_DIR")
+        return runs[-1].parent.parent, runs[-1].parent
+    p = Path(path)
+    if (p / "world" / "world.json").exists():
+        return p, p / "world"
+    if (p / "world.json").exists():
+        return (p.parent if (p.parent / "config.json").exists() else p), p
+    raise SimulacraError(f"{p}: no trained world here (no world.json); train one with `simulacra train`")
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only"
+    return {
+        "node": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": f"world on cpu; accelerator: {dev}",
+    }
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every measurement, write metrics.json, report.html and the videos; return the metrics."""
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+    import torch
+
+    from simulacra.eval import heldout, measure, report
+    from simulacra.world import World
+
+    for name in ("episodes", "horizon", "starts", "batch_size", "drift_starts", "pool_frames", "speed_steps"):
+        if getattr(cfg, name) < 1:
+            raise SimulacraError(f"--{name.replace('_', '-')} must be at least 1")
+    run, world_dir = _run_dir(cfg.run)
+    world = World.load(world_dir)
+    out = Path(cfg.out) if cfg.out else run / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.rng_seed)
+    t0 = time.time()
+    ds, eps, source = heldout.resolve(world.config, cfg, out)
+    h = heldout.load(ds, eps, source, cfg.rng_seed, min_frames=world.K + 2)
+    print(f"simulacra eval: {len(eps)} held-out episodes ({source['kind']}: {source['path']}), {h.num_frames} frames")
+    for note in source["notes"]:
+        print(f"simulacra eval: {note}")
+    rng = np.random.default_rng(cfg.rng_seed)
+    m: dict = {
+        "run": str(run),
+        "world": str(world_dir),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine(),
+        "config": asdict(cfg),
+        "seeds": {
+            "record_seed": cfg.seed,
+            "rng_seed": cfg.rng_seed,
+            "world_noise": "batched rollout chunk c resets the world with seed rng_seed + c",
+        },
+        "K": world.K,
+        "action_space": world.action_space,
+        "heldout": {**source, "frames": h.num_frames},
+        "files": {},
+    }
+    ol, arrays = measure.open_loop(world, h, cfg, rng)
+    m["open_loop"] = ol
+    m["controllability"] = measure.controllability(world, h, cfg, rng, arrays)
+    m["drift"], drift_arrays = measure.drift(world, h, cfg, rng)
+    m["speed"] = measure.speed_all(world, world_dir, h, cfg)
+    m["files"] = measure.media(out, arrays, drift_arrays, cfg, world.config.get("fps", 15))
+    m["seconds"] = round(time.time() - t0, 1)
+    m = measure.finite(m)
+    (out / "metrics.json").write_text(json.dumps(m, indent=1))
+    report.write_html(out / "report.html", m)
+    report.print_summary(m)
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} ({m['seconds']} s)")
+    return m
+
+
+__all__ = ["EvalConfig", "evaluate"]

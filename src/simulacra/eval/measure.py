@@ -1,0 +1,215 @@
+"""The measurements of `simulacra eval`, each returning a JSON-ready dict (see the package docstring)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+
+from simulacra.errors import SimulacraError
+from simulacra.eval import idm, report
+from simulacra.eval import metrics as M
+from simulacra.eval.heldout import Heldout
+from simulacra.eval.rollouts import choose_starts, drift_actions, drift_starts, gather, random_actions, rollout, speed
+from simulacra.world import World
+
+
+def open_loop(world: World, h: Heldout, cfg, rng: np.random.Generator) -> tuple[dict, dict]:
+    """PSNR / SSIM per horizon for the model and the copy-last-frame baseline; sharpness ratio per horizon."""
+    K, H = world.K, cfg.horizon
+    starts = choose_starts(h, K, H, cfg.starts)
+    if not starts:
+        raise SimulacraError(f"no held-out episode has more than K={K} frames: nothing to roll out from")
+    ctx, ctx_a, acts, real, mask = gather(h, starts, K, H)
+    gen = rollout(world, ctx, ctx_a, acts, cfg.batch_size, cfg.rng_seed)
+    copy = np.broadcast_to(ctx[:, -1:], real.shape)
+    lap_gen, lap_real = M.laplacian_var(gen), M.laplacian_var(real)
+    p_model, p_copy = M.psnr(gen, real), M.psnr(copy, real)
+    out = {
+        "what": "open loop from K real context frames with the true actions; horizon k compares generated "
+        "frame k with real frame k after the context; means over rollouts still inside their episode",
+        "rollouts": len(starts),
+        "starts": [list(s) for s in starts],
+        "count": mask.sum(0).tolist(),
+        "psnr": {"model": M.masked_mean(p_model, mask), "copy_last": M.masked_mean(p_copy, mask)},
+        "ssim": {"model": M.masked_mean(M.ssim(gen, real), mask), "copy_last": M.masked_mean(M.ssim(copy, real), mask)},
+        "sharpness_ratio": M.masked_ratio(lap_gen, lap_real, mask),
+        "psnr_cap_db": M.PSNR_CAP,
+    }
+    for k in ("psnr", "ssim"):
+        out[k]["model_mean"] = M.mean_of(out[k]["model"])
+        out[k]["copy_last_mean"] = M.mean_of(out[k]["copy_last"])
+    return out, {"ctx": ctx, "ctx_a": ctx_a, "real": real, "gen": gen, "mask": mask, "p_model": p_model}
+
+
+def _delta_psnr(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
+    """Same starts, same sampling noise, uniformly random actions: how much do actions matter to PSNR?"""
+    Hd = min(cfg.delta_horizon, cfg.horizon)
+    ctx, ctx_a, real, mask = arrays["ctx"], arrays["ctx_a"], arrays["real"][:, :Hd], arrays["mask"][:, :Hd]
+    rand = random_actions(world.action_space, (len(ctx), Hd), rng)
+    gen_r = rollout(world, ctx, ctx_a, rand, cfg.batch_size, cfg.rng_seed)
+    true_ = M.mean_of(M.masked_mean(arrays["p_model"][:, :Hd], mask))
+    rnd = M.mean_of(M.masked_mean(M.psnr(gen_r, real), mask))
+    return {
+        "delta_horizon": Hd,
+        "psnr_true_actions": true_,
+        "psnr_random_actions": rnd,
+        "delta_psnr": None if true_ is None or rnd is None else true_ - rnd,
+    }
+
+
+def controllability(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
+    """IDM trained on real pairs of group A; scored on real and generated pairs of group B."""
+    out = _delta_psnr(world, h, cfg, rng, arrays)
+    space, K = world.action_space, world.K
+    if space["type"] not in ("discrete", "box"):
+        return {**out, "skipped": f"no IDM for action space {space['type']!r}"}
+    out["what"] = (
+        f"IDM (CNN on frame t, t+1) trained {cfg.idm_steps} steps on real pairs of group A, scored on pairs of "
+        "group B: real (real t, real t+1); generated (t and the world's one-step prediction of t+1 from the K real "
+        "frames up to t and the true action, both as the world shows them, i.e. t through its autoencoder); "
+        "reconstructed (t and t+1 both through the autoencoder: what a perfect dynamics model behind this "
+        "autoencoder would score); generated_real_first (real t, predicted t+1: the pair mixes real and decoded "
+        "frames, whose difference shows the autoencoder's error everywhere, so it understates controllability). "
+        "ratio = generated / real, ratio_vs_autoencoder = generated / reconstructed"
+        + ("." if space["type"] == "discrete" else " (on R^2).")
+    )
+    A = [h.frames[g] for g in h.split_a]
+    test = np.array([(g, t) for g in h.split_b for t in range(K - 1, len(h.frames[g]) - 1)], np.int64).reshape(-1, 2)
+    if len(test) == 0 or not idm.transitions(A).size:
+        return {**out, "skipped": "too few held-out transitions for the IDM"}
+    test = test[np.sort(rng.choice(len(test), min(cfg.idm_pairs, len(test)), replace=False))]
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = idm.fit(A, [h.actions[g] for g in h.split_a], space, cfg.idm_steps, seed=cfg.rng_seed, device=dev)
+    f0, f1, a = idm.take(h.frames, h.actions, test)
+    ctx = np.stack([h.frames[g][t - K + 1 : t + 1] for g, t in test])
+    ctx_a = np.stack([h.actions[g][t - K + 1 : t] for g, t in test])
+    gen1 = rollout(world, ctx, ctx_a, a[:, None], cfg.batch_size, cfg.rng_seed + 10_000)[:, 0]
+    rec = lambda f: np.concatenate([world.decode(world.encode(f[i : i + 256])) for i in range(0, len(f), 256)])  # noqa: E731
+    rec0, rec1 = rec(f0), rec(f1)
+    tr = idm.transitions(A)
+    tr = tr[rng.choice(len(tr), min(len(tr), cfg.idm_pairs), replace=False)]
+    key = "accuracy" if space["type"] == "discrete" else "r2"
+    out |= {
+        "pairs": len(test),
+        "real_train": idm.score(model, *idm.take(A, [h.actions[g] for g in h.split_a], tr)),
+        "real": idm.score(model, f0, f1, a),
+        "generated": idm.score(model, rec0, gen1, a),
+        "reconstructed": idm.score(model, rec0, rec1, a),
+        "generated_real_first": idm.score(model, f0, gen1, a),
+        "chance": idm.chance(space, a),
+        "metric": key,
+    }
+    r, g, c, ae = (out[k][key] for k in ("real", "generated", "chance", "reconstructed"))
+    out["ratio"] = M.ratio(g, r) if r > 0 else None
+    out["ratio_above_chance"] = M.ratio(g - c, r - c) if r > c else None
+    out["ratio_vs_autoencoder"] = M.ratio(g, ae) if ae > 0 else None
+    return out
+
+
+def drift(world: World, h: Heldout, cfg, rng) -> tuple[dict, dict]:
+    """Long rollouts: sharpness vs the real pool and RMSE to the nearest real frame (group A pool)."""
+    K, T = world.K, cfg.drift_steps
+    starts = drift_starts(h, K, cfg.drift_starts)
+    if not starts or T < 1:
+        return {"skipped": "no held-out segment long enough to start from"}, {}
+    streams = [drift_actions(h, g, s, T) for g, s in starts]
+    ctx, ctx_a, _, real, mask = gather(h, starts, K, T, actions=np.stack([a for a, _ in streams]))
+    gen = rollout(world, ctx, ctx_a, np.stack([a for a, _ in streams]), cfg.batch_size, cfg.rng_seed + 20_000)
+    pool_idx = [(g, t) for g in h.split_a for t in range(len(h.frames[g]))]
+    pick = np.sort(rng.choice(len(pool_idx), min(cfg.pool_frames, len(pool_idx)), replace=False))
+    pool = np.stack([h.frames[g][t] for g, t in (pool_idx[i] for i in pick)])
+    E = min(16, T)
+    q_idx = [(g, t) for g in h.split_b for t in range(len(h.frames[g]))]
+    q_idx = [q_idx[i] for i in rng.choice(len(q_idx), min(len(q_idx), max(64, len(starts) * E)), replace=False)]
+    real_q = np.stack([h.frames[g][t] for g, t in q_idx])
+    lap_pool = float(M.laplacian_var(pool).mean())
+    lap_gen = M.laplacian_var(gen)  # (n, T)
+    dist = M.nearest_distance(gen.reshape(-1, *gen.shape[2:]), pool).reshape(gen.shape[:2])
+    d_real = float(M.nearest_distance(real_q, pool).mean())
+    d_end = float(dist[:, -E:].mean())
+    own = [n for _, n in streams]
+    out = {
+        "what": f"{len(starts)} rollouts of {T} steps from the start of group-B episodes with the episode's own "
+        "actions, then actions replayed from the other held-out episodes; 'end' = the last "
+        f"{E} steps. Distance = RMSE in [0,1] pixel units from a frame to its nearest frame among "
+        f"{len(pool)} real group-A frames (full-resolution pixels), versus the same for {len(real_q)} real "
+        "group-B frames (pixel distance favours blurry, average-looking frames: read it with the sharpness). "
+        "Sharpness ratio = mean var(Laplacian) of generated frames / of the real pool.",
+        "steps": T,
+        "rollouts": len(starts),
+        "own_action_steps": own,
+        "end_window": E,
+        "sharpness_ratio_end": M.ratio(float(lap_gen[:, -E:].mean()), lap_pool),
+        "sharpness_ratio_real": M.ratio(float(M.laplacian_var(real_q).mean()), lap_pool),
+        "distance_end": d_end,
+        "distance_real": d_real,
+        "distance_ratio": M.ratio(d_end, d_real),
+        "distance_start": float(dist[:, :E].mean()),
+        "pool_frames": len(pool),
+        "sharpness_curve": [M.ratio(float(v), lap_pool) for v in lap_gen.mean(0)],
+        "distance_curve": dist.mean(0).tolist(),
+    }
+    return out, {"real": real, "gen": gen, "mask": mask}
+
+
+def fast_backends(world_dir: Path) -> dict:
+    """HOOK for alternative World backends (e.g. ONNX) to time beside eager: name -> loader returning a
+    World-like object (reset/step). Used when ``World.load`` takes a ``backend`` argument."""
+    if "backend" not in inspect.signature(World.load).parameters:
+        return {}
+    return {"onnx": lambda: World.load(world_dir, backend="onnx")}
+
+
+def speed_all(world: World, world_dir: Path, h: Heldout, cfg) -> dict:
+    g = max(range(len(h.frames)), key=lambda i: len(h.frames[i]))
+    ctx = h.frames[g][: world.K]
+    if len(ctx) < world.K:
+        ctx = np.concatenate([np.repeat(ctx[:1], world.K - len(ctx), 0), ctx])
+    kw = {"batches": (1, cfg.speed_batch), "steps": cfg.speed_steps, "seed": cfg.rng_seed}
+    out = {"eager": speed(world, ctx, world.action_space, **kw)}
+    for name, load in fast_backends(world_dir).items() if cfg.onnx else ():
+        try:
+            out[name] = speed(load(), ctx, world.action_space, **kw)
+        except Exception as e:  # a missing optional runtime must not sink the whole evaluation
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    if len(out) == 1:
+        why = "--no-onnx" if cfg.onnx is False else "this World offers no alternative backend"
+        out["note"] = f"eager PyTorch only: {why} (hook: simulacra.eval.measure.fast_backends)"
+    return out
+
+
+def media(out: Path, arrays: dict, drift_arrays: dict, cfg, fps: int) -> dict:
+    """Side-by-side real | generated videos and a filmstrip next to the report."""
+    n = min(cfg.videos, len(arrays["gen"]))
+    files: dict = {"videos": [], "images": []}
+    if n:
+        sl = slice(0, n)
+        pairs = report.side_by_side(arrays["real"][sl], arrays["gen"][sl], arrays["mask"][sl])
+        files["videos"].append(report.write_videos(out, "openloop", pairs, fps))
+        report.filmstrip(
+            out / "filmstrip.png", arrays["real"][sl], arrays["gen"][sl], arrays["mask"][sl], report.SHOW_H
+        )
+        files["images"].append("filmstrip.png")
+    if drift_arrays and n:
+        d = drift_arrays
+        pairs = report.side_by_side(d["real"][:n], d["gen"][:n], d["mask"][:n])
+        files["videos"].append(report.write_videos(out, "drift", pairs, fps))
+    return files
+
+
+def finite(x):
+    """NaN / inf -> None and numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -1,0 +1,259 @@
+"""The evaluation report: inline-SVG charts, tables and side-by-side videos in one HTML page, plus a
+compact table on stdout. Everything shown is read from the metrics dict written to metrics.json."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simulacra.data.video import grid_frames, write_video
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+SHOW_H = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _fmt(v, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}g}" if abs(v) < 10**nd else f"{v:.0f}"
+    return str(v)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    span = (hi - lo) or 1.0
+    step = 10 ** math.floor(math.log10(span / n))
+    for m in (1, 2, 5, 10):
+        if span / (m * step) <= n:
+            step *= m
+            break
+    return [t for t in np.arange(math.ceil(lo / step) * step, hi + step * 1e-9, step)]
+
+
+def svg_chart(
+    title: str, xs, series: dict, ylabel: str = "", hline=None, xlabel="horizon (steps)", w=520, h=260
+) -> str:
+    """A line chart: series name -> values (None = gap) over xs; optional dashed reference line."""
+    vals = [v for ys in series.values() for v in ys if v is not None and np.isfinite(v)]
+    if hline is not None:
+        vals.append(hline)
+    if not vals:
+        return f"<p>{html.escape(title)}: no data</p>"
+    lo, hi = min(vals), max(vals)
+    pad = 0.05 * ((hi - lo) or abs(hi) or 1.0)
+    lo, hi = lo - pad, hi + pad
+    L, R, T, B = 56, 12, 28, 36
+    X = lambda x: L + (x - xs[0]) / max(1e-9, xs[-1] - xs[0]) * (w - L - R)  # noqa: E731
+    Y = lambda y: T + (hi - y) / (hi - lo) * (h - T - B)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">']
+    out.append(f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>')
+    out.append(f'<rect x="{L}" y="{T}" width="{w - L - R}" height="{h - T - B}" fill="none" stroke="#999"/>')
+    for t in _nice_ticks(lo, hi):
+        out.append(f'<line x1="{L}" x2="{w - R}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{L - 4}" y="{Y(t) + 4:.1f}" text-anchor="end">{t:.4g}</text>')
+    for t in _nice_ticks(xs[0], xs[-1], 8):
+        out.append(f'<text x="{X(t):.1f}" y="{h - B + 14}" text-anchor="middle">{t:.4g}</text>')
+    out.append(f'<text x="{w / 2}" y="{h - 6}" text-anchor="middle">{xlabel}</text>')
+    out.append(f'<text x="12" y="{h / 2}" transform="rotate(-90 12 {h / 2})" text-anchor="middle">{ylabel}</text>')
+    if hline is not None:
+        out.append(
+            f'<line x1="{L}" x2="{w - R}" y1="{Y(hline):.1f}" y2="{Y(hline):.1f}" stroke="#555" stroke-dasharray="4 3"/>'
+        )
+    lw = 30 + 6.5 * max(len(n) for n in series)
+    out.append(
+        f'<rect x="{L + 4}" y="{T + 3}" width="{lw}" height="{14 * len(series) + 4}" fill="#fff" opacity="0.85"/>'
+    )
+    for k, (name, ys) in enumerate(series.items()):
+        c = COLORS[k % len(COLORS)]
+        runs, cur = [], []
+        for x, y in zip(xs, ys, strict=False):
+            if y is None or not np.isfinite(y):
+                runs, cur = (runs + [cur]) if cur else runs, []
+            else:
+                cur.append(f"{X(x):.1f},{Y(y):.1f}")
+        for r in [*runs, cur]:
+            if len(r) > 1:
+                out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{" ".join(r)}"/>')
+            elif r:
+                x, y = r[0].split(",")
+                out.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{c}"/>')
+        out.append(f'<rect x="{L + 8}" y="{T + 6 + 14 * k}" width="10" height="3" fill="{c}"/>')
+        out.append(f'<text x="{L + 22}" y="{T + 11 + 14 * k}">{html.escape(name)}</text>')
+    return "\n".join(out) + "</svg>"
+
+
+def side_by_side(real_NTHWC: np.ndarray, gen_NTHWC: np.ndarray, mask_NT: np.ndarray) -> list[np.ndarray]:
+    """Per rollout: (T, H, 2W+2, 3) real | generated; real frames past the episode's end are grey."""
+    out = []
+    for r, g, m in zip(real_NTHWC, gen_NTHWC, mask_NT, strict=True):
+        r = np.where(m[:, None, None, None], r, np.uint8(64))
+        sep = np.full((*r.shape[:2], 2, 3), 255, np.uint8)
+        out.append(np.concatenate([r, sep, g], 2))
+    return out
+
+
+def write_videos(folder: Path, name: str, pairs: list[np.ndarray], fps: int) -> str:
+    write_video(folder / f"{name}.mp4", grid_frames(pairs, scale=2), fps)
+    return f"{name}.mp4"
+
+
+def filmstrip(path: Path, real: np.ndarray, gen: np.ndarray, mask: np.ndarray, horizons) -> None:
+    """PNG: per rollout two rows (real, generated) at the given horizons (1-based)."""
+    hs = [h for h in horizons if h <= real.shape[1]]
+    rows = []
+    for r, g, m in zip(real, gen, mask, strict=True):
+        for src in (np.where(m[:, None, None, None], r, np.uint8(64)), g):
+            rows.append(np.concatenate([np.pad(src[h - 1], ((1, 1), (1, 1), (0, 0))) for h in hs], 1))
+        rows.append(np.full((3, *rows[-1].shape[1:]), 255, np.uint8))  # between rollouts
+    img = np.concatenate(rows, 0)
+    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def _table(rows: list[list], head: list[str] | None = None) -> str:
+    th = "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in head) + "</tr>" if head else ""
+    cell = lambda c: f"<td>{html.escape(_fmt(c, 4))}</td>" if not isinstance(c, str) else f"<th>{html.escape(c)}</th>"  # noqa: E731
+    return f"<table>{th}{''.join('<tr>' + ''.join(cell(c) for c in r) + '</tr>' for r in rows)}</table>"
+
+
+def _horizon_rows(ol: dict) -> tuple[list[int], list[list]]:
+    hs = [h for h in SHOW_H if h <= len(ol["psnr"]["model"])]
+    rows = [
+        [name, *[ol[k][s][h - 1] for h in hs]]
+        for name, k, s in [
+            ("PSNR model", "psnr", "model"),
+            ("PSNR copy-last", "psnr", "copy_last"),
+            ("SSIM model", "ssim", "model"),
+            ("SSIM copy-last", "ssim", "copy_last"),
+        ]
+    ]
+    return hs, [*rows, ["sharpness ratio", *[ol["sharpness_ratio"][h - 1] for h in hs]]]
+
+
+def _speed_rows(sp: dict) -> list[list]:
+    rows = []
+    for backend, v in sp.items():
+        if not isinstance(v, dict):
+            continue
+        if "error" in v:
+            rows.append([backend, "–", "–", v["error"]])
+        for b, x in v.items():
+            if isinstance(x, dict):
+                rows.append([backend, b.removeprefix("batch_"), x["frames_per_s"], x["ms_per_step"]])
+    return rows
+
+
+def _ctl_rows(ctl: dict) -> list[list]:
+    if "real" not in ctl:
+        return [["skipped", ctl.get("skipped", "")]]
+    keys = list(ctl["real"])
+    rows = [[label, *[ctl[k].get(x) for x in keys]] for label, k in [
+        ("real pairs, group A (IDM training set)", "real_train"),
+        ("real pairs, group B", "real"),
+        ("generated pairs (t through the autoencoder, predicted t+1), group B", "generated"),
+        ("t and t+1 through the autoencoder, group B", "reconstructed"),
+        ("real t, generated t+1, group B", "generated_real_first"),
+        ("chance (ignores the frames)", "chance"),
+    ]]  # fmt: skip
+    return [
+        *rows,
+        ["ratio generated / real", ctl["ratio"]],
+        ["ratio above chance: (generated - chance) / (real - chance)", ctl["ratio_above_chance"]],
+        ["ratio generated / through the autoencoder", ctl["ratio_vs_autoencoder"]],
+    ]
+
+
+def write_html(path: Path, m: dict) -> None:
+    ol, ctl, dr, sp, mc = m["open_loop"], m["controllability"], m["drift"], m["speed"], m["machine"]
+    hs = list(range(1, len(ol["psnr"]["model"]) + 1))
+    show, rows = _horizon_rows(ol)
+    e = html.escape
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>simulacra eval</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+        "td{text-align:right}th{text-align:left;background:#f6f6f6}svg{margin:4px}.note{color:#a40}</style>",
+        f"<h1>simulacra eval — {e(m['run'])}</h1>",
+        f"<p>{e(m['date'])} on {e(mc['node'])} ({e(mc['platform'])}, torch {e(mc['torch'])}, "
+        f"{mc['threads']} threads, {e(mc['device'])}); took {m.get('seconds')} s.</p>",
+        f"<p>Held-out data: <b>{e(m['heldout']['kind'])}</b> {e(m['heldout']['path'])}, episodes "
+        f"{m['heldout']['episodes']}, {m['heldout']['frames']} frames (groups A / B: segments "
+        f"{m['heldout'].get('split_a')} / {m['heldout'].get('split_b')}). {ol['rollouts']} open-loop rollouts of "
+        f"{len(hs)} steps, each from K={m['K']} real context frames, with the true actions.</p>",
+        *[f"<p class='note'>{e(n)}</p>" for n in m["heldout"]["notes"]],
+        "<h2>Open loop (true actions)</h2>",
+        f"<p>{e(ol['what'])}. Copy-last = predict the last context frame forever. PSNR per frame on [0,1] RGB, "
+        f"capped at {ol['psnr_cap_db']} dB; SSIM 11x11 Gaussian (σ 1.5); sharpness ratio = mean var(Laplacian of "
+        "luma) of generated frames / of the real frames at the same horizon (&lt;1: blurrier than reality).</p>",
+        svg_chart("PSNR (dB)", hs, {"model": ol["psnr"]["model"], "copy last frame": ol["psnr"]["copy_last"]}, "dB"),
+        svg_chart("SSIM", hs, {"model": ol["ssim"]["model"], "copy last frame": ol["ssim"]["copy_last"]}, "SSIM"),
+        svg_chart("sharpness: generated / real", hs, {"model": ol["sharpness_ratio"]}, "ratio", 1.0),
+        _table(rows, ["horizon", *show]),
+        "<h2>Controllability</h2>",
+        f"<p>{e(ctl.get('what', ''))}</p>",
+        _table(_ctl_rows(ctl), ["IDM scored on", *ctl.get("real", {})]),
+        _table(
+            [
+                [f"PSNR, true actions (mean over h 1..{ctl['delta_horizon']})", ctl["psnr_true_actions"]],
+                ["PSNR, uniformly random actions (same starts, same noise)", ctl["psnr_random_actions"]],
+                ["ΔPSNR (true - random)", ctl["delta_psnr"]],
+            ]
+        ),
+        "<h2>Drift</h2>",
+        f"<p>{e(dr.get('what', dr.get('skipped', '')))}</p>",
+        _table([[k, v if not isinstance(v, list) else str(v)] for k, v in dr.items() if k not in CURVES]),
+    ]
+    if dr.get("distance_curve"):
+        xs = list(range(1, len(dr["distance_curve"]) + 1))
+        curve = {"generated": dr["distance_curve"]}
+        parts.append(
+            svg_chart(
+                "RMSE to the nearest real frame (dashed: real frames)", xs, curve, "RMSE", dr["distance_real"], "step"
+            )
+        )
+        curve = {"generated / real pool": dr["sharpness_curve"]}
+        parts.append(svg_chart("sharpness vs the real pool", xs, curve, "ratio", 1.0, "step"))
+    parts += [
+        "<h2>Speed (world.step, decoded frames)</h2>",
+        _table(_speed_rows(sp), ["backend", "batch", "frames/s", "ms/step"]),
+    ]
+    if sp.get("note"):
+        parts.append(f"<p>{e(sp['note'])}</p>")
+    parts.append("<h2>Real | generated</h2>")
+    for f in m["files"].get("videos", []):
+        parts.append(f"<p>{e(f)}<br><video src='{e(f)}' controls loop autoplay muted></video></p>")
+    for f in m["files"].get("images", []):
+        cols = ", ".join(str(h) for h in SHOW_H if h <= len(hs))
+        parts.append(
+            f"<p>{e(f)}: per rollout a real row, then a generated row; columns: horizons {cols}<br><img src='{e(f)}'></p>"
+        )
+    parts.append(f"<h2>Config</h2><pre>{e(json.dumps({**m['config'], 'seeds': m['seeds']}, indent=1))}</pre>")
+    path.write_text("\n".join(parts))
+
+
+CURVES = ("what", "distance_curve", "sharpness_curve")
+
+
+def print_summary(m: dict) -> None:
+    ol, ctl, dr, sp = m["open_loop"], m["controllability"], m["drift"], m["speed"]
+    show, rows = _horizon_rows(ol)
+    for r in [["horizon", *show], *rows]:
+        print(f"{r[0]:<16}" + "".join(f" {_fmt(v, 4):>8}" for v in r[1:]))
+    if "real" in ctl:
+        key = ctl["metric"]
+        print(
+            f"controllability: IDM {key} real {_fmt(ctl['real'][key])} | generated {_fmt(ctl['generated'][key])}"
+            f" | through AE {_fmt(ctl['reconstructed'][key])} | chance {_fmt(ctl['chance'][key])}"
+            f" | ratio {_fmt(ctl['ratio'])} (above chance {_fmt(ctl.get('ratio_above_chance'))})"
+        )
+    print(f"ΔPSNR true - random actions (h 1..{ctl.get('delta_horizon')}): {_fmt(ctl.get('delta_psnr'))} dB")
+    if dr.get("steps"):
+        print(
+            f"drift {dr['steps']} steps: sharpness ratio at end {_fmt(dr['sharpness_ratio_end'])}; nearest-real RMSE"
+            f" generated {_fmt(dr['distance_end'])} vs real {_fmt(dr['distance_real'])} (x{_fmt(dr['distance_ratio'])})"
+        )
+    print("speed (frames/s): " + " | ".join(f"{r[0]} b{r[1]} {_fmt(r[2], 4)}" for r in _speed_rows(sp)))

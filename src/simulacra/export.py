@@ -1,0 +1,283 @@
+"""Fast CPU inference: a world's whole per-frame step as one ONNX graph, run by ONNX Runtime.
+
+The graph holds the context noise, the unrolled Euler loop of the denoiser (``sampling_steps`` is fixed
+per world), the reward/termination heads and the decoder. Its randomness comes in as inputs, so eager
+PyTorch and ONNX Runtime can be fed the same noise and compared:
+
+    inputs   context (B, K, C, h, w) f32, actions (B, K) i64 or (B, K, D) f32, pad (B, K) bool,
+             noise (B, C, h, w) f32, context_noise (B, K, C, h, w) f32
+    outputs  latents (B, C, h, w) f32, frame (B, H, W, 3) u8, reward (B,) f32 sign, done (B,) f32 prob
+
+On disk: ``<world>/step.onnx`` + ``step.onnx.json`` (opset, sampling steps, inputs, the check's errors and
+a fingerprint of the weights); a graph whose fingerprint no longer matches the world is stale.
+Needs the ``fast`` extra: ``pip install 'simulacra[fast]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from simulacra.errors import SimulacraError
+from simulacra.models.autoencoder import to_uint8
+
+GRAPH_VERSION = 1
+OPSET = 18
+INPUTS = ("context", "actions", "pad", "noise", "context_noise")
+OUTPUTS = ("latents", "frame", "reward", "done")
+TOLERANCE = {"latents": 1e-3, "frame": 1, "done": 1e-3}  # max abs error, ONNX Runtime vs eager
+
+
+class StepGraph(nn.Module):
+    """The per-frame step with explicit noise: sample the next latents, decode them, read the heads."""
+
+    def __init__(self, world):
+        super().__init__()
+        self.ae, self.dyn = world.ae, world.dyn
+
+    def forward(self, context, actions, pad, noise, context_noise):
+        z, reward, done = self.dyn.sample(context, actions, pad, noise=noise, ctx_noise=context_noise)
+        frame = to_uint8(self.ae.decode(z * self.dyn.latent_std)).permute(0, 2, 3, 1)
+        return z, frame, reward, done
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise SimulacraError("the onnx backend needs onnx and onnxruntime: pip install 'simulacra[fast]'") from e
+    return onnxruntime
+
+
+def random_inputs(world, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Valid random inputs for a batch of B (latent shape read off the autoencoder itself)."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = world.config["frame_shape"][:2]
+    with torch.no_grad():
+        C, h, w = world.ae.encode(torch.zeros(1, 3, H, W, dtype=torch.uint8)).shape[1:]
+    K, space = world.K, world.action_space
+    if space["type"] == "box":
+        low, high = (torch.tensor(space[k], dtype=torch.float32) for k in ("low", "high"))
+        actions = low + (high - low) * torch.rand(B, K, *space["shape"], generator=g)
+    else:
+        n, lo = space.get("n", 1), space.get("start", 0)
+        actions = lo + torch.randint(0, n, (B, K), generator=g)
+    pad = torch.zeros(B, K, dtype=torch.bool)
+    pad[:, : K - 1] = torch.arange(K - 1) < torch.randint(0, K, (B, 1), generator=g)  # 0..K-1 padded slots
+    return {
+        "context": torch.randn(B, K, C, h, w, generator=g),
+        "actions": actions,
+        "pad": pad,
+        "noise": torch.randn(B, C, h, w, generator=g),
+        "context_noise": torch.randn(B, K, C, h, w, generator=g),
+    }
+
+
+def fingerprint(world) -> str:
+    """Hash of everything the graph bakes in: configs, action space, frame shape and every weight."""
+    h = hashlib.sha256()
+    meta = {"graph": GRAPH_VERSION, "opset": OPSET, "ae": asdict(world.ae.cfg), "dyn": asdict(world.dyn.cfg)}
+    meta |= {k: world.config.get(k) for k in ("action_space", "frame_shape")}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for prefix, module in (("ae.", world.ae), ("dyn.", world.dyn)):
+        for name, t in module.state_dict().items():
+            h.update(f"{prefix}{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def is_current(world, path: str | Path) -> bool:
+    """True if ``path`` holds a graph exported from exactly this world (weights and configs)."""
+    path = Path(path)
+    try:
+        meta = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return path.exists() and meta.get("fingerprint") == fingerprint(world)
+
+
+def _torch_export(model: nn.Module, args: tuple, path: Path, exporter: str) -> str:
+    """Export with the TorchScript exporter (fast, no extra dependency; deprecated in torch >= 2.9)
+    or, where that is gone or asked for, the torch.export-based one (needs onnxscript)."""
+    names = list(INPUTS) + list(OUTPUTS)
+    if exporter in ("auto", "torchscript"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, args, str(path), input_names=list(INPUTS), output_names=list(OUTPUTS),
+                    opset_version=OPSET, dynamic_axes={n: {0: "batch"} for n in names}, dynamo=False,
+                )  # fmt: skip
+            return "torchscript"
+        except Exception:
+            if exporter == "torchscript":
+                raise
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, args, str(path), input_names=list(INPUTS), output_names=list(OUTPUTS), opset_version=OPSET,
+            dynamic_shapes=tuple({0: batch} for _ in INPUTS), dynamo=True, external_data=False, verbose=False,
+        )  # fmt: skip
+    return "dynamo"
+
+
+def export_step(world, path: str | Path, *, exporter: str = "auto", check: bool = True) -> dict:
+    """Write the step graph to ``path`` (+ its JSON sidecar), check it against eager, return the sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = StepGraph(world).eval()
+    example = random_inputs(world, 2)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        with torch.no_grad():
+            used = _torch_export(model, tuple(example.values()), tmp, exporter)
+        import onnx
+
+        kept = {i.name for i in onnx.load(str(tmp), load_external_data=False).graph.input}  # unused ones are dropped
+        example = {k: v for k, v in example.items() if k in kept}
+        meta = {
+            "format": "simulacra.step_onnx", "graph_version": GRAPH_VERSION, "opset": OPSET, "exporter": used,
+            "torch": torch.__version__, "sampling_steps": world.dyn.cfg.sampling_steps,
+            "inputs": {k: {"shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype).removeprefix("torch.")} for k, v in example.items()},
+            "outputs": list(OUTPUTS), "fingerprint": fingerprint(world),
+        }  # fmt: skip
+        if check:
+            meta["check"] = check_step(world, OnnxStep(tmp, threads=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    side = sidecar_path(path)
+    side.with_name(".tmp-" + side.name).write_text(json.dumps(meta, indent=1))
+    os.replace(side.with_name(".tmp-" + side.name), side)
+    return meta
+
+
+def check_step(world, step: OnnxStep, batches=(1, 3), seed: int = 0) -> dict:
+    """Max abs errors of ONNX Runtime vs eager on identical random inputs; raises above TOLERANCE."""
+    model = StepGraph(world).eval()
+    err = {"latents": 0.0, "frame": 0, "done": 0.0, "reward_mismatch": 0, "batches": list(batches)}
+    for B in batches:
+        x = random_inputs(world, B, seed + B)
+        with torch.no_grad():
+            ref = model(*x.values())
+        out = step(*x.values())
+        err["latents"] = max(err["latents"], float((out[0] - ref[0]).abs().max()))
+        err["frame"] = max(err["frame"], int(np.abs(out[1].astype(int) - ref[1].numpy().astype(int)).max()))
+        err["reward_mismatch"] += int((out[2] != ref[2]).sum())
+        err["done"] = max(err["done"], float((out[3] - ref[3]).abs().max()))
+    bad = {k: err[k] for k, tol in TOLERANCE.items() if err[k] > tol}
+    if bad:
+        raise SimulacraError(f"exported step graph disagrees with eager PyTorch: {bad} (tolerance {TOLERANCE})")
+    return err
+
+
+class OnnxStep:
+    """An ONNX Runtime session on a step graph; called like ``StepGraph`` (torch in, torch + uint8 frames out)."""
+
+    def __init__(self, path: str | Path, threads: int = 2):
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting: costs ~15% on idle cores, but spinning threads starve everything on shared ones
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}  # unused ones (no context noise) are dropped
+        self.path = Path(path)
+
+    def __call__(self, context, actions, pad, noise, context_noise=None):
+        feed = dict(zip(INPUTS, (context, actions, pad, noise, context_noise), strict=True))
+        feed = {k: v.detach().cpu().contiguous().numpy() for k, v in feed.items() if k in self.inputs}
+        z, frame, reward, done = self.session.run(list(OUTPUTS), feed)
+        return torch.from_numpy(z), frame, torch.from_numpy(reward), torch.from_numpy(done)
+
+
+def default_path(world) -> Path:
+    """``<world dir>/step.onnx``, or a per-fingerprint file in the user cache for worlds not on disk."""
+    if getattr(world, "path", None) is not None and os.access(world.path, os.W_OK):
+        return Path(world.path) / "step.onnx"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "simulacra" / "onnx"
+    return cache / f"step-{fingerprint(world)[:16]}.onnx"
+
+
+def load_step(world, path: str | Path | None = None, threads: int = 2) -> OnnxStep:
+    """The world's step graph in an ONNX Runtime session, exported first if missing or stale."""
+    _ort()
+    path = Path(path) if path is not None else default_path(world)
+    if not is_current(world, path):
+        export_step(world, path)
+    return OnnxStep(path, threads=threads)
+
+
+# ---- `simulacra export` --------------------------------------------------------------------------
+@dataclass
+class ExportConfig:
+    """Export a trained world's per-frame step for fast CPU inference, check it and time it."""
+
+    world: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN_OR_WORLD")]
+    """A run directory or a world directory (with world.json)."""
+    format: Literal["onnx"] = "onnx"
+    """Export format: onnx writes <world>/step.onnx (run it with World.load(path, backend="onnx"))."""
+    exporter: Literal["auto", "torchscript", "dynamo"] = "auto"
+    """torch.onnx exporter: auto tries torchscript (fast) and falls back to dynamo (needs onnxscript)."""
+    threads: int = 2
+    """CPU threads for both backends in the speed comparison (ONNX Runtime intra-op, torch)."""
+    seconds: float = 2.0
+    """Time per backend in the speed comparison (0 skips it)."""
+
+
+def frames_per_s(fn, inputs: dict, seconds: float) -> float:
+    """Frames/s of fn(*inputs) (a per-frame step of a batch), after a short warm-up."""
+    B = inputs["context"].shape[0]
+    for _ in range(2):
+        fn(*inputs.values())
+    n, t0 = 0, time.perf_counter()
+    while (dt := time.perf_counter() - t0) < seconds or n < 3:
+        fn(*inputs.values())
+        n += 1
+    return n * B / dt
+
+
+def export_command(cfg: ExportConfig) -> None:
+    from simulacra.world import World
+
+    world = World.load(cfg.world)
+    path = world.path / "step.onnx"
+    t0 = time.perf_counter()
+    meta = export_step(world, path, exporter=cfg.exporter)
+    c = meta["check"]
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {meta['exporter']} exporter, opset {meta['opset']}, "
+          f"{meta['sampling_steps']} sampling steps) in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+    print(f"check vs eager (batches {c['batches']}): latents max abs err {c['latents']:.2e}, frames {c['frame']} "
+          f"gray level(s), done prob {c['done']:.2e}, reward sign mismatches {c['reward_mismatch']}")  # fmt: skip
+    if cfg.seconds > 0:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            step, model = OnnxStep(path, threads=cfg.threads), StepGraph(world).eval()
+            for B in (1, 16):
+                x = random_inputs(world, B)
+                with torch.no_grad():
+                    eager = frames_per_s(model, x, cfg.seconds)
+                fast = frames_per_s(step, x, cfg.seconds)
+                print(f"batch {B:>2}: eager torch {eager:7.1f} frames/s, onnxruntime {fast:7.1f} frames/s "
+                      f"(x{fast / eager:.2f}, {cfg.threads} threads; sample + decode)")  # fmt: skip
+        finally:
+            torch.set_num_threads(threads)
+    print(f'use it: World.load("{cfg.world}", backend="onnx")')
