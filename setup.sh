@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # Command 1 of 2: install everything into .venv, then run the main job on the default world:
-# record a small data set from the real env, summarise it, verify it and write a preview video.
+# record a data set from the real env, train a nano world model on it (about 10 minutes on 2 CPU cores),
+# and evaluate it on freshly recorded episodes against the copy-last-frame baseline.
+# WORLD=<preset> EPISODES=<n> bash setup.sh picks another world; re-running resumes a finished or
+# interrupted training run instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
 WORLD=${WORLD:-breakout}
+EPISODES=${EPISODES:-48}
 sim=.venv/bin/simulacra
-$sim record --preset "$WORLD" --episodes "${EPISODES:-16}" --overwrite
-$sim data info "datasets/$WORLD"
-$sim data verify "datasets/$WORLD"
-$sim data view "datasets/$WORLD" --out "datasets/$WORLD/preview.mp4"
-echo "done: data set in datasets/$WORLD, preview video at datasets/$WORLD/preview.mp4"
+data=datasets/$WORLD
+run=runs/$WORLD-nano
+if [ ! -f "$data/info.json" ]; then
+  $sim record --preset "$WORLD" --episodes "$EPISODES" --out "$data"
+fi
+$sim data info "$data"
+$sim data verify "$data"
+$sim data view "$data" --out "$data/preview.mp4"
+resume=()
+[ -f "$run/config.json" ] && resume=(--resume)
+$sim train --data "$data" --size nano --out "$run" "${resume[@]}"
+$sim eval --run "$run"
+echo "done: data set in $data (preview $data/preview.mp4), world in $run/world, report at $run/eval/report.html"

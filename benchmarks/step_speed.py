@@ -40,7 +40,7 @@ def random_world(size: str, frame: int) -> World:
     torch.manual_seed(0)
     ae = Autoencoder(AutoencoderConfig(**SIZES[size]["ae"]))
     space = {"type": "discrete", "n": 4, "start": 0}
-    dyn = Dynamics(DynamicsConfig(**SIZES[size]["dyn"]), ae.cfg.latent_channels, space)
+    dyn = Dynamics(DynamicsConfig(**SIZES[size]["dyn"]), ae.latent_channels, space)
     config = {"autoencoder": asdict(ae.cfg), "dynamics": asdict(dyn.cfg), "action_space": space}
     return World(ae, dyn, config | {"frame_shape": [frame, frame, 3]})
 

@@ -26,7 +26,7 @@ def make_world(kind: str, frame: int = 32) -> World:
     torch.manual_seed(0)
     size = SIZES["debug"]
     ae = Autoencoder(AutoencoderConfig(**size["ae"]))
-    dyn = Dynamics(DynamicsConfig(**size["dyn"]), ae.cfg.latent_channels, SPACES[kind])
+    dyn = Dynamics(DynamicsConfig(**size["dyn"]), ae.latent_channels, SPACES[kind])
     with torch.no_grad():  # zero-initialised convs would leave half the graph trivially equal
         for p in dyn.parameters():
             p.add_(0.05 * torch.randn_like(p))

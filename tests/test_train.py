@@ -45,7 +45,7 @@ def weights(run):
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    train(data, out, "--ae-steps", "12", "--dyn-steps", "12", "--ckpt-every", "3")
+    train(data, out, "--ae-steps", "12", "--dyn-steps", "12", "--ckpt-every", "3", "--autoencoder", "learned")
     return out
 
 
@@ -74,6 +74,8 @@ def test_resume_after_sigkill_matches_uninterrupted(data, reference, tmp_path):
         "12",
         "--ckpt-every",
         "3",
+        "--autoencoder",
+        "learned",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out / "checkpoints/dynamics/step_0000003/COMPLETE"
@@ -83,7 +85,9 @@ def test_resume_after_sigkill_matches_uninterrupted(data, reference, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "world/world.json").exists(), "the run finished before it could be killed"
-    train(data, out, "--ae-steps", "12", "--dyn-steps", "12", "--ckpt-every", "3", "--resume")
+    train(
+        data, out, "--ae-steps", "12", "--dyn-steps", "12", "--ckpt-every", "3", "--autoencoder", "learned", "--resume"
+    )
     a, b = weights(reference), weights(out)
     assert a.keys() == b.keys()
     for k in a:
@@ -103,7 +107,7 @@ def outputs(run, ds):
 
 def test_two_processes_match_one(data, tmp_path):
     one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
-    common = ["--ae-steps", "6", "--dyn-steps", "6", "--batch-size", "8"]
+    common = ["--ae-steps", "6", "--dyn-steps", "6", "--batch-size", "8", "--autoencoder", "learned"]
     train(data, one, *common)
     train(data, other, *common, "--seed", "1")
     cmd = [

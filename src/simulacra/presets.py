@@ -53,20 +53,22 @@ PRESETS: dict[str, WorldPreset] = {
         WorldPreset(
             name="breakout",
             env_id="ALE/Breakout-v5",
-            env_kwargs={"frameskip": 4, "repeat_action_probability": 0.25},
+            # no sticky actions (as the Atari 100k setting of IRIS/DIAMOND): the recorded action is the
+            # executed one, so a world model can learn what each key does
+            env_kwargs={"frameskip": 4, "repeat_action_probability": 0.0},
             max_episode_steps=1000,
             policy_kwargs={"sticky": 0.75},
             keys={"ArrowLeft": 3, "ArrowRight": 2, " ": 1},
-            description="Atari Breakout (ALE v5, frameskip 4, sticky actions 0.25)",
+            description="Atari Breakout (ALE v5, frameskip 4, no sticky actions)",
         ),
         WorldPreset(
             name="pong",
             env_id="ALE/Pong-v5",
-            env_kwargs={"frameskip": 4, "repeat_action_probability": 0.25},
+            env_kwargs={"frameskip": 4, "repeat_action_probability": 0.0},
             max_episode_steps=1000,
             policy_kwargs={"sticky": 0.75},
             keys={"ArrowUp": 2, "ArrowDown": 3, " ": 1},
-            description="Atari Pong (ALE v5, frameskip 4, sticky actions 0.25)",
+            description="Atari Pong (ALE v5, frameskip 4, no sticky actions)",
         ),
         WorldPreset(
             name="carracing",

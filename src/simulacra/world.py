@@ -76,7 +76,7 @@ class World:
         dcfg = dict(meta["dynamics"])
         dcfg["channel_mult"] = tuple(dcfg["channel_mult"])
         ae = Autoencoder(AutoencoderConfig(**meta["autoencoder"]))
-        dyn = Dynamics(DynamicsConfig(**dcfg), ae.cfg.latent_channels, meta["action_space"])
+        dyn = Dynamics(DynamicsConfig(**dcfg), ae.latent_channels, meta["action_space"])
         ae.load_state_dict(load_file(path / "autoencoder.safetensors"))
         dyn.load_state_dict(load_file(path / "dynamics.safetensors"))
         world = cls(ae, dyn, meta)
@@ -215,7 +215,7 @@ class World:
 
     def _latent_shape(self) -> tuple[int, int, int]:
         H = self.config["frame_shape"][0] // self.ae.cfg.patch
-        return (self.ae.cfg.latent_channels, H, H)
+        return (self.ae.latent_channels, H, H)
 
     def step(self, action):
         """Advance the dream by one action (or a batch of actions): (frame, reward, done)."""

@@ -57,6 +57,8 @@ class EvalConfig:
     """Rollouts shown side by side (real | generated) in the report's videos."""
     onnx: bool = True
     """Also time the World's ONNX backend where it has one (exports <world>/step.onnx once)."""
+    temperature: float | None = None
+    """Override the world's sampling temperature (scale of the initial noise; default: the world's)."""
     rng_seed: int = 0
     """Seeds the world's sampling noise, the random actions, the A/B split, sub-sampling and the IDM."""
     out: str | None = None
@@ -112,6 +114,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             raise SimulacraError(f"--{name.replace('_', '-')} must be at least 1")
     run, world_dir = _run_dir(cfg.run)
     world = World.load(world_dir)
+    if cfg.temperature is not None:
+        world.dyn.cfg.temperature = cfg.temperature
     out = Path(cfg.out) if cfg.out else run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.rng_seed)

@@ -16,6 +16,9 @@ from simulacra.models.common import batch_rng
 
 @dataclass
 class AutoencoderConfig:
+    kind: str = "pixels"
+    """'pixels': no learned compression, a frame is its (H/patch, W/patch, 3*patch^2) patch grid
+    (lossless, nothing to train); 'learned': a convolutional autoencoder to latent_channels."""
     patch: int = 4
     """Pixel-unshuffle factor: frames become a (H/patch, W/patch) grid of patch*patch*3 values,
     so every convolution runs at the latent resolution (cheap on CPU)."""
@@ -54,6 +57,11 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         p2, ch = 3 * cfg.patch**2, cfg.channels
+        if cfg.kind == "pixels":
+            self.encoder, self.decoder = nn.PixelUnshuffle(cfg.patch), nn.PixelShuffle(cfg.patch)
+            return
+        if cfg.kind != "learned":
+            raise ValueError(f"unknown autoencoder kind {cfg.kind!r} (pixels or learned)")
         self.encoder = nn.Sequential(
             nn.PixelUnshuffle(cfg.patch),
             nn.Conv2d(p2, ch, 1),
@@ -74,7 +82,17 @@ class Autoencoder(nn.Module):
     def encode(self, frames_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 or [-1, 1] frames -> latents (B, latent_channels, H/patch, W/patch)."""
         x = to_unit(frames_BCHW) if frames_BCHW.dtype == torch.uint8 else frames_BCHW
+        if self.cfg.kind == "pixels":
+            return self.encoder(x)
         return torch.tanh(self.encoder(x))  # bounded latents keep the dynamics model's target scale fixed
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.cfg.patch**2 if self.cfg.kind == "pixels" else self.cfg.latent_channels
+
+    @property
+    def trainable(self) -> bool:
+        return self.cfg.kind != "pixels"
 
     def decode(self, z_BCHW: torch.Tensor) -> torch.Tensor:
         """Latents -> frames in [-1, 1] (unclamped)."""

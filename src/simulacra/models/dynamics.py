@@ -43,6 +43,21 @@ class DynamicsConfig:
     """Training: probability a window starts as if the episode just began (context padded by repetition)."""
     done_weight: float = 0.5
     """Weight of the reward and termination losses."""
+    prediction: str = "x"
+    """What the U-Net outputs: 'x' (the clean next frame/change; the last Euler step lands exactly on
+    it, so static regions stay clean) or 'v' (the flow velocity noise - data)."""
+    change_weight: float = 0.0
+    """Extra loss weight on grid cells that change from the last frame (with `residual`): moving
+    objects (a paddle, a ball) are a tiny part of the frame and would otherwise be ignored."""
+    temperature: float = 1.0
+    """Inference: scale of the initial noise. 1 samples the learned distribution; lower trades
+    diversity for fidelity (0 = the deterministic flow from the noise mean)."""
+    snap_to_pixels: bool = False
+    """Latents are 8-bit pixels (the 'pixels' autoencoder): round every sample to the pixel grid, so
+    noise below half a gray level never accumulates over a long rollout. Set by `train`."""
+    residual: bool = True
+    """Generate the change from the last context frame rather than the frame itself: static parts
+    of the picture stay exact (copy-last is the prior), and the flow only has to model what moves."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -116,7 +131,9 @@ class Dynamics(nn.Module):
         self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.noise_embed = nn.Linear(D, D)
         chs = [cfg.channels * m for m in cfg.channel_mult]
-        self.inp = nn.Conv2d(C * (K + 1), chs[0], 3, padding=1)
+        # 1x1: a per-cell embedding of the stacked frames (a 3x3 stem over (K+1)*C channels was ~20% of
+        # all FLOPs); the residual blocks give the spatial context
+        self.inp = nn.Conv2d(C * (K + 1), chs[0], 1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
         cin = chs[0]
@@ -145,7 +162,7 @@ class Dynamics(nn.Module):
 
     # ---- the denoiser ----------------------------------------------------------------------------
     def velocity(self, x_BChw, t_B, ctx_BKChw, actions_BK, ctx_noise_B, pad_BK=None):
-        """Predicted flow velocity (noise - data) for noisy next latents x at flow time t."""
+        """The U-Net on noisy next latents x at flow time t: the clean target ('x') or the velocity ('v')."""
         a = self.actions(actions_BK, pad_BK)
         cond = self.cond(torch.cat([timestep_embedding(t_B, self.cfg.cond_dim), a], -1))
         cond = cond + self.noise_embed(timestep_embedding(ctx_noise_B, self.cfg.cond_dim))
@@ -176,13 +193,22 @@ class Dynamics(nn.Module):
         ctx, target, actions = z[:, :K], z[:, K], batch["action"][:, :K]
         rng = batch_rng(batch)
         ctx, pad = pad_context(ctx, rng.rand() < self.cfg.pad_prob, rng.randint(1, K + 1))
+        if self.cfg.residual:
+            # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
+            # global std is tiny and dividing by it made a moving paddle a +-60 target against unit noise;
+            # the flow then never trained at a useful noise level and sampling froze everything that moves
+            target = target - ctx[:, -1]
         level = rng.rand().to(z) * self.cfg.context_noise_max
         ctx = ctx + level[:, None, None, None, None] * rng.randn(*ctx.shape[1:]).to(z)
         t = torch.sigmoid(rng.randn()).to(z)  # logit-normal flow time
         noise = rng.randn(*target.shape[1:]).to(z)
         x_t = (1 - t)[:, None, None, None] * target + t[:, None, None, None] * noise
-        v = self.velocity(x_t, t, ctx, actions, level, pad)
-        flow = F.mse_loss(v, noise - target)
+        out = self.velocity(x_t, t, ctx, actions, level, pad)
+        err = (out - (target if self.cfg.prediction == "x" else noise - target)) ** 2
+        if self.cfg.residual and self.cfg.change_weight > 0:
+            moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
+            err = err * (1 + self.cfg.change_weight * moved)
+        flow = err.mean()
         r_logits, d_logit = self.heads_logits(ctx, actions, pad)
         r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
         term = batch["terminated"][:, K - 1].float()
@@ -199,7 +225,7 @@ class Dynamics(nn.Module):
         if self.cfg.context_noise_infer > 0:
             ctx_noise = torch.randn(ctx_BKChw.shape, generator=generator).to(ctx_BKChw)
         noise = torch.randn((ctx_BKChw.shape[0], *ctx_BKChw.shape[2:]), generator=generator).to(ctx_BKChw)
-        return noise, ctx_noise
+        return noise * self.cfg.temperature, ctx_noise
 
     @torch.no_grad()
     def sample(
@@ -214,13 +240,20 @@ class Dynamics(nn.Module):
         if noise is None or (ctx_noise is None and self.cfg.context_noise_infer > 0):
             drawn, drawn_ctx = self.sample_noise(ctx_BKChw, generator)
             noise, ctx_noise = (drawn if noise is None else noise), (drawn_ctx if ctx_noise is None else ctx_noise)
+        base = ctx_BKChw[:, -1]
         if self.cfg.context_noise_infer > 0:
             ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * ctx_noise
         x = noise
         ts = [1 - i / steps for i in range(steps + 1)]  # Python floats: an unrolled loop of constants on export
         for i in range(steps):
             t = torch.full((B,), ts[i], device=x.device)
-            x = x + (ts[i + 1] - ts[i]) * self.velocity(x, t, ctx_BKChw, actions_BK, level, pad_BK)
+            out = self.velocity(x, t, ctx_BKChw, actions_BK, level, pad_BK)
+            v = (x - out) / ts[i] if self.cfg.prediction == "x" else out  # x-prediction -> velocity
+            x = x + (ts[i + 1] - ts[i]) * v
+        if self.cfg.residual:
+            x = base + x
+        if self.cfg.snap_to_pixels:  # normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back
+            x = ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
         r_logits, d_logit = self.heads_logits(ctx_BKChw, actions_BK, pad_BK)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
 
