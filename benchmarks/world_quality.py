@@ -35,7 +35,14 @@ def summarise(m: dict) -> dict:
     """Pull the issue's figures out of eval's metrics.json (curves are indexed by horizon - 1)."""
     ol, ctrl, drift = m["open_loop"], m["controllability"], m["drift"]
     h = 15  # horizon 16
-    speed = {f"{backend}_{b}": v["frames_per_s"] for backend, bs in m["speed"].items() for b, v in bs.items() if v}
+    speed = {
+        f"{backend}_{b}": v["frames_per_s"]
+        for backend, bs in m["speed"].items()
+        if isinstance(bs, dict) and "error" not in bs
+        for b, v in bs.items()
+        if v
+    }
+    errors = {k: v["error"] for k, v in m["speed"].items() if isinstance(v, dict) and "error" in v}
     idm_real = ctrl.get("real", {}).get("accuracy")
     return {
         "psnr16_model": ol["psnr"]["model"][h],
@@ -53,7 +60,28 @@ def summarise(m: dict) -> dict:
         "drift_distance_ratio": drift["distance_ratio"],
         "fps_b1": max(v for k, v in speed.items() if k.endswith("batch_1")),
         "fps": speed,
+        **({"speed_errors": errors} if errors else {}),
     }
+
+
+COLS = [("preset", "preset", "{}"), ("train min", "train_minutes", "{:.1f}"), ("PSNR@16", "psnr16_model", "{:.2f}"),
+        ("copy-last@16", "psnr16_copy_last", "{:.2f}"), ("margin dB", "psnr16_margin_db", "{:+.2f}"), ("SSIM@16", "ssim16_model", "{:.3f}"),
+        ("SSIM copy-last", "ssim16_copy_last", "{:.3f}"), ("IDM real", "idm_real", "{:.3f}"), ("IDM gen", "idm_generated", "{:.3f}"),
+        ("IDM chance", "idm_chance", "{:.3f}"), ("IDM ratio", "idm_ratio", "{:.2f}"), ("dPSNR act", "delta_psnr_true_vs_random", "{:+.2f}"),
+        ("sharp@16", "sharpness16", "{:.2f}"), ("drift sharp", "drift_sharpness_end", "{:.2f}"),
+        ("drift dist", "drift_distance_ratio", "{:.2f}"), ("fps b1 eager", "fps_eager_b1", "{:.0f}"),
+        ("fps b1 ONNX", "fps_onnx_b1", "{:.0f}"), ("fps b16 ONNX", "fps_onnx_b16", "{:.0f}")]  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results as a Markdown table (the README's)."""
+    cell = lambda r, k, fmt: fmt.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
+    rows = [{**r, **{f"fps_{b}": r.get("fps", {}).get(k) for b, k in FPS.items()}} for r in rows]
+    lines = ["| " + " | ".join(c[0] for c in COLS) + " |", "|" + "---|" * len(COLS)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r, k, f) for _, k, f in COLS) + " |" for r in rows])
+
+
+FPS = {"eager_b1": "eager_batch_1", "onnx_b1": "onnx_batch_1", "onnx_b16": "onnx_batch_16"}
 
 
 def main() -> None:
@@ -62,7 +90,12 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/bench")
     ap.add_argument("--size", default="nano")
     ap.add_argument("--out", default="benchmarks/results/world_quality.json")
+    ap.add_argument("--table", action="store_true", help="only print --out's results as a Markdown table")
+    ap.add_argument("--reeval", action="store_true", help="evaluate again the worlds that already have an eval")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text())["rows"]))
+        return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -70,32 +103,31 @@ def main() -> None:
         data, run, log = work / "data" / preset, work / f"{preset}-{args.size}", work / f"{preset}.log"
         if not (data / "info.json").exists():
             sim("record", "--preset", preset, "--episodes", str(EPISODES.get(preset, 32)), "--out", str(data), log=log)
-        train_s = sim(
-            "train",
-            "--data",
-            str(data),
-            "--size",
-            args.size,
-            "--out",
-            str(run),
-            "--no-tensorboard",
-            *(["--resume"] if (run / "config.json").exists() else []),
-            log=log,
-        )
-        sim("eval", "--run", str(run), log=log)
+        world = run / "world" / "world.json"
+        if not world.exists():  # a finished run is kept: rerunning the script fills in only what is missing
+            resume = ["--resume"] if (run / "config.json").exists() else []
+            sim(
+                "train",
+                "--data",
+                str(data),
+                "--size",
+                args.size,
+                "--out",
+                str(run),
+                "--no-tensorboard",
+                *resume,
+                log=log,
+            )
+        if args.reeval or not (run / "eval" / "metrics.json").exists():
+            sim("eval", "--run", str(run), log=log)
         m = json.loads((run / "eval" / "metrics.json").read_text())
+        # config.json is written as training starts and world.json as it ends (a --resume rewrites config.json)
+        train_s = world.stat().st_mtime - (run / "config.json").stat().st_mtime
         row = {"preset": preset, "train_minutes": round(train_s / 60, 2), **summarise(m)}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "fps"}), flush=True)
     print(f"\nnano worlds, 2-core CPU, {time.strftime('%Y-%m-%d')}; eval on fresh episodes (seeds 100000+)")
-    cols = [("preset", "preset", "{}"), ("train min", "train_minutes", "{:.1f}"), ("PSNR@16", "psnr16_model", "{:.2f}"),
-            ("copy-last", "psnr16_copy_last", "{:.2f}"), ("margin", "psnr16_margin_db", "{:+.2f}"), ("SSIM@16", "ssim16_model", "{:.3f}"),
-            ("IDM real", "idm_real", "{:.3f}"), ("IDM gen", "idm_generated", "{:.3f}"), ("IDM ratio", "idm_ratio", "{:.2f}"),
-            ("dPSNR act", "delta_psnr_true_vs_random", "{:+.2f}"), ("sharp@16", "sharpness16", "{:.2f}"),
-            ("drift sharp", "drift_sharpness_end", "{:.2f}"), ("fps b1", "fps_b1", "{:.0f}")]  # fmt: skip
-    print(" | ".join(c[0] for c in cols))
-    for r in rows:
-        print(" | ".join(fmt.format(r[k]) if r.get(k) is not None else "-" for _, k, fmt in cols))
+    print(markdown(rows))
     best = max(rows, key=lambda r: r["psnr16_margin_db"])
     passes = {r["preset"]: {b: (r.get(b) or 0) >= v for b, v in BARS.items()} for r in rows}
     print(f"\nbest world in the budget: {best['preset']} (16-step margin {best['psnr16_margin_db']:+.2f} dB)")

@@ -181,10 +181,20 @@ def check_step(world, step: OnnxStep, batches=(1, 3), seed: int = 0) -> dict:
         err["frame"] = max(err["frame"], int(np.abs(out[1].astype(int) - ref[1].numpy().astype(int)).max()))
         err["reward_mismatch"] += int((out[2] != ref[2]).sum())
         err["done"] = max(err["done"], float((out[3] - ref[3]).abs().max()))
-    bad = {k: err[k] for k, tol in TOLERANCE.items() if err[k] > tol}
+    tol = tolerance(world)
+    bad = {k: err[k] for k, t in tol.items() if err[k] > t}
     if bad:
-        raise SimulacraError(f"exported step graph disagrees with eager PyTorch: {bad} (tolerance {TOLERANCE})")
+        raise SimulacraError(f"exported step graph disagrees with eager PyTorch: {bad} (tolerance {tol})")
     return err
+
+
+def tolerance(world) -> dict:
+    """TOLERANCE, widened on latents to one 8-bit level where samples are snapped to the pixel grid: a
+    float difference of 1e-6 flips the rounding of a value that lies on a half level (seen on CarRacing)."""
+    tol = dict(TOLERANCE)
+    if world.dyn.cfg.snap_to_pixels:
+        tol["latents"] = max(tol["latents"], 1.001 / (127.5 * float(world.dyn.latent_std)))
+    return tol
 
 
 class OnnxStep:
