@@ -1,6 +1,7 @@
 """Training: a tiny real run, exact resume after SIGKILL, 2-process DDP == 1 process, the World API."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -166,3 +167,21 @@ def test_world_api(reference, data):
     world.reset(image=ds.frames(0, 0, 1)[0])
     with pytest.raises(SimulacraError, match="trained on"):
         world.reset(image=np.zeros((32, 32, 3), np.uint8))
+
+
+def test_default_run_logs_to_tensorboard(data, tmp_path):
+    """TensorBoard is on by default (every other test turns it off): the run's tb/ holds the losses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [*TRAIN[:-1], "--data", str(data), "--out", str(out), "--dyn-steps", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    loss = events.Scalars("dynamics/loss")
+    assert [e.step for e in loss] == [0, 3] and all(math.isfinite(e.value) for e in loss)
