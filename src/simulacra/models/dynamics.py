@@ -47,8 +47,8 @@ class DynamicsConfig:
     """What the U-Net outputs: 'x' (the clean next frame/change; the last Euler step lands exactly on
     it, so static regions stay clean) or 'v' (the flow velocity noise - data)."""
     change_weight: float = 0.0
-    """Extra loss weight on grid cells that change from the last frame (with `residual`): moving
-    objects (a paddle, a ball) are a tiny part of the frame and would otherwise be ignored."""
+    """Extra loss weight on grid cells that change from the last frame (with `residual`), for small
+    moving objects (a paddle, a ball). Off by default: not yet measured to help."""
     temperature: float = 1.0
     """Inference: scale of the initial noise. 1 samples the learned distribution; lower trades
     diversity for fidelity (0 = the deterministic flow from the noise mean)."""
@@ -131,8 +131,8 @@ class Dynamics(nn.Module):
         self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.noise_embed = nn.Linear(D, D)
         chs = [cfg.channels * m for m in cfg.channel_mult]
-        # 1x1: a per-cell embedding of the stacked frames (a 3x3 stem over (K+1)*C channels was ~20% of
-        # all FLOPs); the residual blocks give the spatial context
+        # 1x1: a per-cell embedding of the stacked frames; the residual blocks give the spatial context. A
+        # 3x3 stem over (K+1)*C channels is ~20% of the FLOPs by count (its measured step time: within noise)
         self.inp = nn.Conv2d(C * (K + 1), chs[0], 1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
