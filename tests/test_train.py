@@ -185,3 +185,21 @@ def test_default_run_logs_to_tensorboard(data, tmp_path):
     events.Reload()
     loss = events.Scalars("dynamics/loss")
     assert [e.step for e in loss] == [0, 3] and all(math.isfinite(e.value) for e in loss)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--channels", "50"],
+        ["--channel-mult"],
+        ["--channel-mult", "1", "0"],
+        ["--autoencoder", "vq"],
+        ["--context", "1"],
+    ],
+    ids=["width", "no-levels", "zero-level", "autoencoder", "context"],
+)
+def test_bad_model_options_are_one_line_errors(data, tmp_path, bad):
+    p = train(data, tmp_path / "run", *bad, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(p.stderr.strip().splitlines()) == 1 and bad[0] in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

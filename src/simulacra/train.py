@@ -259,6 +259,23 @@ class TrainConfig:
     """Write TensorBoard logs to <run>/tb."""
 
 
+def check_model_config(ae_cfg, dyn_cfg) -> None:
+    """One-line errors for model options that would otherwise fail deep inside torch."""
+    if ae_cfg.kind not in ("pixels", "learned"):
+        raise SimulacraError(f"--autoencoder must be 'pixels' or 'learned', not {ae_cfg.kind!r}")
+    if dyn_cfg.context < 2:
+        raise SimulacraError(
+            f"--context must be at least 2 (the heads read the last two frames), not {dyn_cfg.context}"
+        )
+    if not dyn_cfg.channel_mult or min(dyn_cfg.channel_mult) < 1:
+        raise SimulacraError(f"--channel-mult needs one or more positive integers, not {list(dyn_cfg.channel_mult)}")
+    widths = [dyn_cfg.channels * m for m in dyn_cfg.channel_mult]
+    if dyn_cfg.channels < 8 or any(w % 8 for w in widths):
+        raise SimulacraError(
+            f"U-Net widths {widths} must be multiples of 8 (GroupNorm with 8 groups); pick --channels accordingly"
+        )
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run both stages and write the world to <run>/world (safetensors + world.json)."""
     from simulacra.data import Dataset, split_episodes
@@ -287,6 +304,7 @@ def train(cfg: TrainConfig) -> Path:
     }
     over["snap_to_pixels"] = ae_cfg.kind == "pixels"
     dyn_cfg = DynamicsConfig(**{**size["dyn"], **over})
+    check_model_config(ae_cfg, dyn_cfg)
     K = dyn_cfg.context
     ae_loop = LoopConfig(
         cfg.ae_steps or size["ae_steps"], cfg.batch_size or size["ae_batch"], size["ae_lr"], ckpt_every=cfg.ckpt_every
