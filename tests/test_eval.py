@@ -273,3 +273,19 @@ def test_eval_falls_back_to_the_runs_holdout(trained, capsys):
     assert m["heldout"]["episodes"] == held and any("could not record" in n for n in m["heldout"]["notes"])
     assert (out / "metrics.json").exists() and (out / "report.html").exists()
     assert "PSNR model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("temperature", ["-0.5", "nan"])
+def test_negative_temperature_is_a_one_line_error(trained, tmp_path, temperature):
+    out = tmp_path / "eval"
+    p = subprocess.run(
+        [*SIM, "eval", "--run", str(trained / "run"), "--out", str(out), "--temperature", temperature],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+    )
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"simulacra eval: error: --temperature must be 0 or more, not {float(temperature)}"
+    ]
+    assert not out.exists()

@@ -175,7 +175,7 @@ def test_default_run_logs_to_tensorboard(data, tmp_path):
 
     out = tmp_path / "run"
     p = subprocess.run(
-        [*TRAIN[:-1], "--data", str(data), "--out", str(out), "--dyn-steps", "4"],
+        [*(a for a in TRAIN if a != "--no-tensorboard"), "--data", str(data), "--out", str(out), "--dyn-steps", "4"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -112,6 +112,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     for name in ("episodes", "horizon", "starts", "batch_size", "drift_starts", "pool_frames", "speed_steps"):
         if getattr(cfg, name) < 1:
             raise SimulacraError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.temperature is not None and not cfg.temperature >= 0:  # also refuses nan
+        raise SimulacraError(f"--temperature must be 0 or more, not {cfg.temperature}")
     run, world_dir = _run_dir(cfg.run)
     world = World.load(world_dir)
     if cfg.temperature is not None:
