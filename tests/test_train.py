@@ -195,8 +195,9 @@ def test_default_run_logs_to_tensorboard(data, tmp_path):
         ["--channel-mult", "1", "0"],
         ["--autoencoder", "vq"],
         ["--context", "1"],
+        ["--own-context", "1.5"],
     ],
-    ids=["width", "no-levels", "zero-level", "autoencoder", "context"],
+    ids=["width", "no-levels", "zero-level", "autoencoder", "context", "own-context"],
 )
 def test_bad_model_options_are_one_line_errors(data, tmp_path, bad):
     p = train(data, tmp_path / "run", *bad, check=False)

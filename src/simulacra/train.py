@@ -249,6 +249,8 @@ class TrainConfig:
     """Extra loss weight on the parts of the frame that change (default: the size preset's)."""
     context_noise_max: float | None = None
     """Max context-noise augmentation level (0 turns the augmentation off)."""
+    own_context: float | None = None
+    """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
     holdout: float = 0.1
     """Fraction of episodes held out for evaluation (never trained on)."""
     ckpt_every: int = 250
@@ -274,6 +276,8 @@ def check_model_config(ae_cfg, dyn_cfg) -> None:
         raise SimulacraError(
             f"U-Net widths {widths} must be multiples of 8 (GroupNorm with 8 groups); pick --channels accordingly"
         )
+    if not 0 <= dyn_cfg.own_context <= 1:  # also refuses nan
+        raise SimulacraError(f"--own-context is a fraction of the training windows, 0 to 1, not {dyn_cfg.own_context}")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -299,6 +303,7 @@ def train(cfg: TrainConfig) -> Path:
             "channel_mult": cfg.channel_mult,
             "context_noise_max": cfg.context_noise_max,
             "change_weight": cfg.change_weight,
+            "own_context": cfg.own_context,
         }.items()
         if v is not None
     }

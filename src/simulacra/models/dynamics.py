@@ -55,6 +55,11 @@ class DynamicsConfig:
     snap_to_pixels: bool = False
     """Latents are 8-bit pixels (the 'pixels' autoencoder): round every sample to the pixel grid, so
     noise below half a gray level never accumulates over a long rollout. Set by `train`."""
+    own_context: float = 0.0
+    """Training: fraction of windows whose last context frame is replaced by the model's own sample
+    (drawn as at inference, without gradient, from the frames before it), so it learns to correct
+    its own errors instead of copying them forward (compounding). Costs about ``own_context x
+    sampling_steps / 3`` extra forward passes per step."""
     residual: bool = True
     """Generate the change from the last context frame rather than the frame itself: static parts
     of the picture stay exact (copy-last is the prior), and the flow only has to model what moves."""
@@ -192,7 +197,10 @@ class Dynamics(nn.Module):
         K = self.cfg.context
         ctx, target, actions = z[:, :K], z[:, K], batch["action"][:, :K]
         rng = batch_rng(batch)
-        ctx, pad = pad_context(ctx, rng.rand() < self.cfg.pad_prob, rng.randint(1, K + 1))
+        # the keyed generators live on the CPU: their draws move to the batch's device
+        ctx, pad = pad_context(ctx, (rng.rand() < self.cfg.pad_prob).to(z.device), rng.randint(1, K + 1).to(z.device))
+        if self.cfg.own_context > 0:
+            ctx = self.own_context(ctx, actions, pad, rng)
         if self.cfg.residual:
             # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
             # global std is tiny and dividing by it made a moving paddle a +-60 target against unit noise;
@@ -213,9 +221,28 @@ class Dynamics(nn.Module):
         r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
         term = batch["terminated"][:, K - 1].float()
         r_loss = F.cross_entropy(r_logits, r_cls)
-        d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0))
+        d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0, device=z.device))
         loss = flow + self.cfg.done_weight * (r_loss + d_loss)
         return loss, {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
+
+    def own_context(self, ctx_BKChw, actions_BK, pad_BK, rng) -> torch.Tensor:
+        """Replace the last context frame of a random subset of (unpadded) windows by a sample of the
+        model from the frames before it, as a rollout would have produced it."""
+        pick = (rng.rand() < self.cfg.own_context).to(ctx_BKChw.device) & ~pad_BK.any(1)
+        noise = rng.randn(*ctx_BKChw.shape[2:]).to(ctx_BKChw) * self.cfg.temperature
+        ctx_noise = rng.randn(*ctx_BKChw.shape[1:]).to(ctx_BKChw)
+        if not pick.any():
+            return ctx_BKChw
+        c, a = ctx_BKChw[pick], actions_BK[pick]
+        # frames 0..K-2 shifted one slot right, the first slot padded: the context right before frame K-1
+        prev = torch.cat([c[:, :1], c[:, :-1]], 1)
+        prev_a = torch.cat([a[:, :1], a[:, :-1]], 1)
+        prev_pad = torch.zeros(prev_a.shape[:2], dtype=torch.bool, device=c.device)
+        prev_pad[:, 0] = True
+        own, _, _ = self.sample(prev, prev_a, prev_pad, noise=noise[pick], ctx_noise=ctx_noise[pick])
+        out = ctx_BKChw.clone()
+        out[pick, -1] = own
+        return out
 
     # ---- inference -------------------------------------------------------------------------------
     def sample_noise(self, ctx_BKChw, generator=None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -262,7 +289,7 @@ def pad_context(ctx_BKChw: torch.Tensor, mask_B: torch.Tensor, keep_B: torch.Ten
     """Where mask: keep only the last ``keep`` frames and fill earlier slots with the first kept frame,
     exactly as a world pads its context right after reset. Returns (context, pad mask (B, K))."""
     K = ctx_BKChw.shape[1]
-    idx = torch.arange(K)[None].expand(len(mask_B), K)
+    idx = torch.arange(K, device=ctx_BKChw.device)[None].expand(len(mask_B), K)
     first = (K - keep_B)[:, None]
     pad = mask_B[:, None] & (idx < first)
     idx = torch.where(pad, first, idx)

@@ -1,0 +1,129 @@
+"""Training throughput of the dynamics model per size preset: steps/s, samples/s and peak memory,
+through the real training loop (``train.fit``: AdamW, bf16 autocast on CUDA, clipping, the per-sample
+keyed noise), on synthetic latent windows of the 'pixels' autoencoder (speed does not depend on values).
+
+    python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64]
+
+Writes benchmarks/results/train_speed-<device>.json. The step time is taken between the batch requests
+of the timed steps (fit reads the loss every step, so the device is synchronised there); the warm-up
+steps and the final checkpoint write are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
+from simulacra.models.dynamics import Dynamics, DynamicsConfig
+from simulacra.train import SIZES, LoopConfig, fit, sample_keys
+
+
+def measure(size: str, device: str, steps: int, warmup: int, frame: int, batch: int | None) -> dict:
+    preset = SIZES[size]
+    ae = Autoencoder(AutoencoderConfig(kind="pixels"))
+    C, h, w = ae.latent_channels, frame // ae.cfg.patch, frame // ae.cfg.patch
+    dyn_cfg = DynamicsConfig(**preset["dyn"], snap_to_pixels=True)
+    space = {"type": "discrete", "n": 6, "start": 0}
+    torch.manual_seed(0)
+    model = Dynamics(dyn_cfg, C, space)
+    B, K = batch or preset["dyn_batch"], dyn_cfg.context
+    stamps: list[float] = []
+
+    def get_batch(step: int, rank: int, world: int) -> dict:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        g = torch.Generator().manual_seed(step)
+        return {
+            "latents": torch.randn(B, K + 1, C, h, w, generator=g) * 0.1,
+            "action": torch.randint(0, 6, (B, K), generator=g),
+            "reward": torch.zeros(B, K),
+            "terminated": torch.zeros(B, K, dtype=torch.bool),
+            "keys": sample_keys(0, 2, step, B, rank, world),
+        }
+
+    loop = LoopConfig(warmup + steps + 1, B, preset["dyn_lr"], ckpt_every=10**9, log_every=10**9)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(model, get_batch, loop, Path(tmp), f"{size}", resume=False)
+    dt = (stamps[-1] - stamps[warmup]) / steps
+    params = sum(p.numel() for p in model.parameters())
+    row = {
+        "size": size,
+        "device": device,
+        "batch": B,
+        "context": K,
+        "latent": [C, h, w],
+        "params_M": round(params / 1e6, 2),
+        "s_per_step": round(dt, 4),
+        "steps_per_s": round(1 / dt, 2),
+        "samples_per_s": round(B / dt, 1),
+        "preset_steps": preset["dyn_steps"],
+        "preset_hours": round(preset["dyn_steps"] * dt / 3600, 2),
+        "dynamics": asdict(dyn_cfg),
+    }
+    if device == "cuda":
+        row["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", nargs="+", default=["nano", "small", "base", "large"])
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per size")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--frame", type=int, default=64, help="square frame side in pixels")
+    ap.add_argument("--batch", type=int, default=None, help="override the presets' batch size")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if args.device == "cpu":
+        os.environ.pop("WORLD_SIZE", None)
+    rows = []
+    for size in args.sizes:
+        rows.append(measure(size, args.device, args.steps, args.warmup, args.frame, args.batch))
+        r = rows[-1]
+        print(
+            f"{size:6s} {r['params_M']:7.2f}M params  batch {r['batch']:4d}  {r['steps_per_s']:8.2f} steps/s "
+            f"{r['samples_per_s']:9.1f} samples/s  preset {r['preset_steps']} steps = {r['preset_hours']} h"
+            + (f"  peak {r['peak_mem_GiB']} GiB" if "peak_mem_GiB" in r else ""),
+            flush=True,
+        )
+    machine = {
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+    }
+    out = Path(args.out or f"benchmarks/results/train_speed-{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine, "rows": rows}
+    out.write_text(json.dumps(result, indent=1))
+    print(
+        "| size | params | batch | steps/s | samples/s | preset steps | hours at this speed |"
+        + (" peak GiB |" if args.device == "cuda" else "")
+    )
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.device == "cuda" else ""))
+    for r in rows:
+        print(
+            f"| {r['size']} | {r['params_M']}M | {r['batch']} | {r['steps_per_s']} | {r['samples_per_s']} | "
+            f"{r['preset_steps']} | {r['preset_hours']} |" + (f" {r['peak_mem_GiB']} |" if "peak_mem_GiB" in r else "")
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

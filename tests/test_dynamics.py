@@ -1,0 +1,70 @@
+"""Unit tests of the tricky parts of the dynamics model: context padding, own-sample context, keyed noise."""
+
+import torch
+
+from simulacra.models.common import KeyedRNG
+from simulacra.models.dynamics import Dynamics, DynamicsConfig, pad_context
+
+SPACE = {"type": "discrete", "n": 3, "start": 0}
+
+
+def tiny(**kw) -> Dynamics:
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(context=3, channels=8, channel_mult=(1, 2), cond_dim=16, sampling_steps=2, **kw)
+    return Dynamics(cfg, latent_channels=4, action_space=SPACE)
+
+
+def test_pad_context_repeats_the_first_kept_frame():
+    ctx = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1, 1, 1).expand(2, 4, 1, 2, 2)
+    out, pad = pad_context(ctx, torch.tensor([True, False]), torch.tensor([2, 1]))
+    assert out[0, :, 0, 0, 0].tolist() == [2.0, 2.0, 2.0, 3.0]  # kept frames 2, 3; slots 0, 1 padded with 2
+    assert pad[0].tolist() == [True, True, False, False]
+    assert torch.equal(out[1], ctx[1]) and not pad[1].any()  # unmasked: untouched
+
+
+def test_keyed_noise_does_not_depend_on_the_batch_it_lands_in():
+    a = KeyedRNG(torch.tensor([7, 11, 13]))
+    b = KeyedRNG(torch.tensor([13]))
+    assert torch.equal(a.rand()[2:], b.rand())
+    assert torch.equal(a.randn(2, 3)[2:], b.randn(2, 3))
+    assert not torch.equal(a.randn(4)[0], a.randn(4)[1])  # different keys, different streams
+
+
+def test_own_context_replaces_only_the_last_frame_by_a_model_sample():
+    dyn = tiny(own_context=1.0)
+    B, K = 4, 3
+    ctx = torch.randn(B, K, 4, 4, 4)
+    actions = torch.randint(0, 3, (B, K))
+    pad = torch.zeros(B, K, dtype=torch.bool)
+    pad[3, 0] = True  # a window that starts at the episode's beginning is left alone
+    keys = torch.arange(B) + 100
+    out = dyn.own_context(ctx, actions, pad, KeyedRNG(keys))
+    assert torch.equal(out[:, :-1], ctx[:, :-1]) and torch.equal(out[3], ctx[3])
+    assert not torch.allclose(out[:3, -1], ctx[:3, -1])
+    # it is the sample a rollout would draw from the frames before it (frames 0..K-2, first slot padded)
+    prev = torch.cat([ctx[:3, :1], ctx[:3, :-1]], 1)
+    prev_a = torch.cat([actions[:3, :1], actions[:3, :-1]], 1)
+    prev_pad = torch.zeros(3, K, dtype=torch.bool)
+    prev_pad[:, 0] = True
+    rng = KeyedRNG(keys[:3])
+    rng.rand()
+    noise, ctx_noise = rng.randn(4, 4, 4), rng.randn(K, 4, 4, 4)
+    want, _, _ = dyn.sample(prev, prev_a, prev_pad, noise=noise, ctx_noise=ctx_noise)
+    torch.testing.assert_close(out[:3, -1], want)
+    # deterministic in the keys (resume and DDP rely on it)
+    assert torch.equal(out, dyn.own_context(ctx, actions, pad, KeyedRNG(keys)))
+
+
+def test_forward_with_own_context_trains_every_weight_it_uses():
+    dyn = tiny(own_context=0.5)
+    batch = {
+        "latents": torch.randn(6, 4, 4, 4, 4),
+        "action": torch.randint(0, 3, (6, 3)),
+        "reward": torch.zeros(6, 3),
+        "terminated": torch.zeros(6, 3, dtype=torch.bool),
+        "keys": torch.arange(6),
+    }
+    loss, metrics = dyn(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["flow"] > 0
+    assert dyn.inp.weight.grad is not None and dyn.inp.weight.grad.abs().sum() > 0
