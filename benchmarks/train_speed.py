@@ -2,7 +2,10 @@
 through the real training loop (``train.fit``: AdamW, bf16 autocast on CUDA, clipping, the per-sample
 keyed noise), on synthetic latent windows of the 'pixels' autoencoder (speed does not depend on values).
 
-    python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64]
+    python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64] [--profile]
+
+--profile also runs torch.profiler over the timed steps and prints the top operators by self time
+(host and device), to see whether a size is bound by the device or by launching work from Python.
 
 Writes benchmarks/results/train_speed-<device>.json. The step time is taken between the batch requests
 of the timed steps (fit reads the loss every step, so the device is synchronised there); the warm-up
@@ -28,7 +31,9 @@ from simulacra.models.dynamics import Dynamics, DynamicsConfig
 from simulacra.train import SIZES, LoopConfig, fit, sample_keys
 
 
-def measure(size: str, device: str, steps: int, warmup: int, frame: int, batch: int | None) -> dict:
+def measure(
+    size: str, device: str, steps: int, warmup: int, frame: int, batch: int | None, profile: bool = False
+) -> dict:
     preset = SIZES[size]
     ae = Autoencoder(AutoencoderConfig(kind="pixels"))
     C, h, w = ae.latent_channels, frame // ae.cfg.patch, frame // ae.cfg.patch
@@ -39,10 +44,25 @@ def measure(size: str, device: str, steps: int, warmup: int, frame: int, batch: 
     B, K = batch or preset["dyn_batch"], dyn_cfg.context
     stamps: list[float] = []
 
+    prof = None
+
     def get_batch(step: int, rank: int, world: int) -> dict:
+        nonlocal prof
         if device == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        if profile and step == warmup:
+            acts = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
+            )
+            prof = torch.profiler.profile(activities=acts)
+            prof.__enter__()
+        if prof is not None and step == warmup + steps:
+            prof.__exit__(None, None, None)
+            key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=15), flush=True)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10), flush=True)
+            prof = None
         g = torch.Generator().manual_seed(step)
         return {
             "latents": torch.randn(B, K + 1, C, h, w, generator=g) * 0.1,
@@ -86,6 +106,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--frame", type=int, default=64, help="square frame side in pixels")
     ap.add_argument("--batch", type=int, default=None, help="override the presets' batch size")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per size")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -94,7 +115,7 @@ def main() -> None:
         os.environ.pop("WORLD_SIZE", None)
     rows = []
     for size in args.sizes:
-        rows.append(measure(size, args.device, args.steps, args.warmup, args.frame, args.batch))
+        rows.append(measure(size, args.device, args.steps, args.warmup, args.frame, args.batch, args.profile))
         r = rows[-1]
         print(
             f"{size:6s} {r['params_M']:7.2f}M params  batch {r['batch']:4d}  {r['steps_per_s']:8.2f} steps/s "
