@@ -197,7 +197,7 @@ class Dynamics(nn.Module):
         K = self.cfg.context
         ctx, target, actions = z[:, :K], z[:, K], batch["action"][:, :K]
         rng = batch_rng(batch)
-        # the keyed generators live on the CPU: their draws move to the batch's device
+        # the generators live on the keys' device; keys left on the CPU (ad-hoc batches) still work
         ctx, pad = pad_context(ctx, (rng.rand() < self.cfg.pad_prob).to(z.device), rng.randint(1, K + 1).to(z.device))
         if self.cfg.own_context > 0:
             ctx = self.own_context(ctx, actions, pad, rng)
