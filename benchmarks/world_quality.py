@@ -1,12 +1,12 @@
 """World quality per preset: record, train `nano` for the fixed CPU budget, evaluate, one table.
 
-For each preset: record episodes from the real env (seeds 0..), train a nano world with the preset's
-default steps (sized to fit 10 minutes on a 2-core CPU; the wall time is measured and reported),
-then `simulacra eval` on fresh episodes (seeds 100000..). Prints the table of the issue's bars and
+For each preset: record episodes from the real env (seeds 0..), train a nano world within a wall-clock
+budget (`train --minutes 10`: the size's step count, cut to what fits at the speed measured over the
+first steps; the steps reached and the wall time are reported), then `simulacra eval` on fresh episodes (seeds 100000..). Prints the table of the issue's bars and
 writes benchmarks/results/world_quality.json. The preset with the largest 16-step PSNR margin over
 copy-last is reported as the best default world.
 
-    python benchmarks/world_quality.py [--presets breakout pong carracing doom] [--workdir runs/bench]
+    python benchmarks/world_quality.py [--presets breakout pong carracing doom] [--workdir runs/bench] [--minutes 10]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def summarise(m: dict) -> dict:
     }
 
 
-COLS = [("preset", "preset", "{}"), ("train min", "train_minutes", "{:.1f}"), ("PSNR@16", "psnr16_model", "{:.2f}"),
+COLS = [("preset", "preset", "{}"), ("train min", "train_minutes", "{:.1f}"), ("steps", "dyn_steps", "{}"), ("PSNR@16", "psnr16_model", "{:.2f}"),
         ("copy-last@16", "psnr16_copy_last", "{:.2f}"), ("margin dB", "psnr16_margin_db", "{:+.2f}"), ("SSIM@16", "ssim16_model", "{:.3f}"),
         ("SSIM copy-last", "ssim16_copy_last", "{:.3f}"), ("IDM real", "idm_real", "{:.3f}"), ("IDM gen", "idm_generated", "{:.3f}"),
         ("IDM chance", "idm_chance", "{:.3f}"), ("IDM ratio", "idm_ratio", "{:.2f}"), ("dPSNR act", "delta_psnr_true_vs_random", "{:+.2f}"),
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["breakout", "pong", "carracing", "doom"])
     ap.add_argument("--workdir", default="runs/bench")
     ap.add_argument("--size", default="nano")
+    ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget per preset")
     ap.add_argument("--out", default="benchmarks/results/world_quality.json")
     ap.add_argument("--table", action="store_true", help="only print --out's results as a Markdown table")
     ap.add_argument("--reeval", action="store_true", help="evaluate again the worlds that already have an eval")
@@ -115,15 +116,19 @@ def main() -> None:
                 "--out",
                 str(run),
                 "--no-tensorboard",
+                "--minutes",
+                str(args.minutes),
                 *resume,
                 log=log,
             )
         if args.reeval or not (run / "eval" / "metrics.json").exists():
             sim("eval", "--run", str(run), log=log)
         m = json.loads((run / "eval" / "metrics.json").read_text())
-        # config.json is written as training starts and world.json as it ends (a --resume rewrites config.json)
-        train_s = world.stat().st_mtime - (run / "config.json").stat().st_mtime
-        row = {"preset": preset, "train_minutes": round(train_s / 60, 2), **summarise(m)}
+        config = json.loads((run / "config.json").read_text())
+        # worlds trained before train recorded its own time: config.json written at the start, world.json at the end
+        train_s = config.get("train_seconds", world.stat().st_mtime - (run / "config.json").stat().st_mtime)
+        row = {"preset": preset, "train_minutes": round(train_s / 60, 2), "dyn_steps": config["dyn_loop"]["steps"]}
+        row.update(summarise(m))
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "fps"}), flush=True)
     print(f"\nnano worlds, 2-core CPU, {time.strftime('%Y-%m-%d')}; eval on fresh episodes (seeds 100000+)")

@@ -68,3 +68,35 @@ def test_forward_with_own_context_trains_every_weight_it_uses():
     loss.backward()
     assert torch.isfinite(loss) and metrics["flow"] > 0
     assert dyn.inp.weight.grad is not None and dyn.inp.weight.grad.abs().sum() > 0
+
+
+def test_change_gate_keeps_cells_it_predicts_unchanged_exact():
+    dyn = tiny(change_gate=True).eval()
+    B, K = 3, 3
+    ctx, actions = torch.randn(B, K, 4, 4, 4), torch.randint(0, 3, (B, K))
+    last_conv = dyn.out[-1]
+    with torch.no_grad():
+        last_conv.weight[-1].zero_()
+        last_conv.bias[-1] = -10.0  # every cell predicted unchanged: the sample is the last frame, bit for bit
+        closed, _, _ = dyn.sample(ctx, actions, generator=torch.Generator().manual_seed(0))
+        last_conv.bias[-1] = 10.0  # every cell open: the flow's change goes through
+        opened, _, _ = dyn.sample(ctx, actions, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(closed, ctx[:, -1])
+    assert (opened - ctx[:, -1]).abs().amax((1, 2, 3)).min() > 0
+
+
+def test_change_gate_is_trained_on_the_cells_that_moved():
+    dyn = tiny(change_gate=True)
+    z = torch.zeros(2, 4, 4, 4, 4)
+    z[:, 3, :, 0, 0] = 1.0  # only cell (0, 0) changes from the last context frame to the target
+    batch = {"latents": z, "action": torch.zeros(2, 3, dtype=torch.long), "reward": torch.zeros(2, 3),
+             "terminated": torch.zeros(2, 3), "keys": torch.tensor([1, 2])}  # fmt: skip
+    last_conv = dyn.out[-1]
+    with torch.no_grad():  # gate logit = bias: the loss is the BCE of a constant against the 1-in-16 mask
+        last_conv.weight[-1].zero_()
+        last_conv.bias[-1] = 2.0
+    dyn.cfg.pad_prob = 0.0
+    _, m = dyn(batch)
+    p = torch.sigmoid(torch.tensor(2.0))
+    want = -(1 / 16 * torch.log(p) + 15 / 16 * torch.log(1 - p))
+    assert abs(m["gate_bce"] - float(want)) < 1e-5

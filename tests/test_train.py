@@ -10,11 +10,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_synthetic
 from safetensors.numpy import load_file
 
 from simulacra.data import Dataset
 from simulacra.errors import SimulacraError
+from simulacra.train import SIZES, LoopConfig, TrainConfig, budget_minutes, fit
 from simulacra.world import World
 
 TRAIN = [sys.executable, "-m", "simulacra.cli", "train", "--size", "debug", "--no-tensorboard"]
@@ -204,3 +206,44 @@ def test_bad_model_options_are_one_line_errors(data, tmp_path, bad):
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert len(p.stderr.strip().splitlines()) == 1 and bad[0] in p.stderr, p.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+class Slow(torch.nn.Module):
+    """A one-weight model whose step takes about 20 ms: a stand-in for a model that is slow to train."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, batch):
+        time.sleep(0.02)
+        return ((self.w - batch["x"]) ** 2).mean(), {}
+
+
+def test_minutes_budget_cuts_the_steps_and_resume_keeps_them(tmp_path):
+    get = lambda step, rank, world: {"x": torch.zeros(2)}  # noqa: E731
+    cfg = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=time.time() + 5.0)
+    t0 = time.time()
+    fit(Slow(), get, cfg, tmp_path, "slow", resume=False)
+    assert time.time() - t0 < 6.5  # planned: 10,000 steps = 200 s
+    # about 5 s / 20 ms, less the first steps (the first fit in a process also pays ~2 s of one-time set-up)
+    assert 60 <= cfg.steps <= 250, cfg.steps
+    done = json.loads(sorted(tmp_path.glob("step_*"))[-1].joinpath("state.json").read_text())
+    assert done["step"] == done["total_steps"] == cfg.steps
+    # a resumed run continues the schedule it chose, whatever its own deadline says
+    again = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=time.time() + 0.1)
+    fit(Slow(), get, again, tmp_path, "slow", resume=True)
+    assert again.steps == cfg.steps
+
+
+def test_negative_minutes_is_a_one_line_error(data, tmp_path):
+    p = train(data, tmp_path / "run", "--minutes", "-1", check=False)
+    assert p.returncode != 0 and "--minutes" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_nano_is_budgeted_unless_steps_are_given():
+    assert SIZES["nano"]["minutes"] == 10 and "minutes" not in SIZES["small"]
+    assert budget_minutes(TrainConfig(size="nano")) == 10
+    assert budget_minutes(TrainConfig(size="nano", dyn_steps=100)) is None  # asked-for steps run exactly
+    assert budget_minutes(TrainConfig(size="nano", minutes=0)) is None
+    assert budget_minutes(TrainConfig(size="small", minutes=2.5)) == 2.5

@@ -38,6 +38,13 @@ class LoopConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 500
     log_every: int = 10
+    deadline: float | None = None
+    """Wall-clock time (time.time()) the stage must end by: after CALIBRATE timed steps, ``steps`` is
+    cut to what fits at the measured rate (never raised). The chosen count goes into every checkpoint,
+    so --resume continues the same schedule."""
+
+
+CALIBRATE = 20  # steps timed (after 5 warm-up steps) to fit a stage into its wall-clock budget
 
 
 # ---- distributed -------------------------------------------------------------------------------
@@ -78,7 +85,14 @@ def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) 
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, config: dict) -> None:
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    config: dict,
+    total_steps: int | None = None,
+) -> None:
     """Atomic: everything goes to a temp dir, COMPLETE is written last, then the dir is renamed."""
     tmp = path.with_name(".tmp-" + path.name)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -88,7 +102,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     save_file({k: v.cpu() for k, v in tensors.items()}, tmp / "optimizer.safetensors")
     rng = {"torch": torch.get_rng_state()}
     save_file(rng, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "config": config}, indent=1))
+    state = {"step": step, "total_steps": total_steps, "optimizer": meta, "config": config}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
     (tmp / "COMPLETE").write_text("ok\n")
     if path.exists():
         shutil.rmtree(path)
@@ -100,7 +115,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> int:
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Loads weights (and optimizer + RNG state when ``opt`` is given); returns state.json."""
     if not (path / "COMPLETE").exists():
         raise SimulacraError(f"{path}: checkpoint is incomplete (no COMPLETE marker)")
     model.load_state_dict(load_file(path / "model.safetensors"))
@@ -108,7 +124,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if opt is not None:
         _unflatten_optimizer(opt, load_file(path / "optimizer.safetensors"), state["optimizer"])
         torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
-    return int(state["step"])
+    return state
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -143,9 +159,12 @@ def fit(
     start = 0
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
-        start = load_checkpoint(last, model, opt)
+        state = load_checkpoint(last, model, opt)
+        start = int(state["step"])
+        if state.get("total_steps"):  # a budgeted run keeps the step count (and LR schedule) it chose
+            cfg.steps, cfg.deadline = int(state["total_steps"]), None
         if rank == 0:
-            print(f"[{name}] resumed from {last} at step {start}")
+            print(f"[{name}] resumed from {last} at step {start} of {cfg.steps}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -154,7 +173,15 @@ def fit(
     metrics: dict[str, float] = {}
     model.train()
     t0 = time.time()
-    for step in range(start, cfg.steps):
+    step = start
+    while step < cfg.steps:
+        if cfg.deadline is not None and step == start + 5:
+            t_cal = time.time()
+        if cfg.deadline is not None and step == start + 5 + CALIBRATE:
+            fit_steps(cfg, step, CALIBRATE / (time.time() - t_cal), device, world)
+            bar.total = cfg.steps
+            if rank == 0:
+                print(f"[{name}] {cfg.steps} steps fit the wall-clock budget", flush=True)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_lambda(step, cfg)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in get_batch(step, rank, world).items()}
@@ -177,9 +204,19 @@ def fit(
                     writer.add_scalar(f"{name}/{k}", v, step)
                 writer.add_scalar(f"{name}/steps_per_s", (step + 1 - start) / max(1e-9, time.time() - t0), step)
         if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
-            save_checkpoint(ckpt_dir / f"step_{step + 1:07d}", model, opt, step + 1, config or {})
+            save_checkpoint(ckpt_dir / f"step_{step + 1:07d}", model, opt, step + 1, config or {}, cfg.steps)
+        step += 1
     bar.close()
     return metrics
+
+
+def fit_steps(cfg: LoopConfig, step: int, rate: float, device: torch.device, world: int) -> None:
+    """Cut cfg.steps to what fits before cfg.deadline at ``rate`` steps/s (rank 0 decides for all)."""
+    n = min(cfg.steps, step + int(max(0.0, cfg.deadline - time.time()) * rate * 0.98))
+    n = torch.tensor([max(n, step + 1)], device=device)
+    if world > 1:
+        dist.broadcast(n, 0)
+    cfg.steps, cfg.deadline = int(n.item()), None
 
 
 def step_indices(seed: int, stage: int, step: int, n: int, global_batch: int, rank: int, world: int) -> np.ndarray:
@@ -210,7 +247,7 @@ SIZES: dict[str, dict] = {
     # at equal steps it helped (Pong PSNR@16 +0.8 dB), but its ~25% per step cost 600 of the budget's steps, and
     # Pong at 1800 steps with it scored below 2400 without (docs/world-model.md)
     "nano": {"ae": {"channels": 64, "latent_channels": 8}, "dyn": {"context": 4, "channels": 48, "channel_mult": (1, 2, 2), "cond_dim": 128},
-             "ae_steps": 1200, "dyn_steps": 2400, "ae_batch": 32, "dyn_batch": 32, "ae_lr": 2e-3, "dyn_lr": 5e-4},
+             "ae_steps": 1200, "dyn_steps": 4000, "ae_batch": 32, "dyn_batch": 32, "ae_lr": 2e-3, "dyn_lr": 5e-4, "minutes": 10},
     "small": {"ae": {"channels": 128, "latent_channels": 8, "blocks": 3}, "dyn": {"context": 8, "channels": 128, "channel_mult": (1, 2, 2), "cond_dim": 256, "blocks": 2, "own_context": 0.25},
               "ae_steps": 20000, "dyn_steps": 60000, "ae_batch": 64, "dyn_batch": 64, "ae_lr": 1e-3, "dyn_lr": 3e-4},
     "base": {"ae": {"channels": 192, "latent_channels": 8, "blocks": 4}, "dyn": {"context": 16, "channels": 192, "channel_mult": (1, 2, 3), "cond_dim": 384, "blocks": 2},
@@ -236,6 +273,10 @@ class TrainConfig:
     """Autoencoder optimisation steps (default: the size preset's)."""
     dyn_steps: int | None = None
     """Dynamics optimisation steps (default: the size preset's)."""
+    minutes: float | None = None
+    """Wall-clock budget for the whole run: each stage times its first steps and cuts its step count to
+    fit (the autoencoder its share of the planned steps); the counts reached are saved in config.json.
+    Default: the size preset's (nano: 10) unless --ae-steps or --dyn-steps is given; 0 = no budget."""
     batch_size: int | None = None
     """Global batch size for both stages (default: the size preset's); split across DDP processes."""
     context: int | None = None
@@ -253,6 +294,9 @@ class TrainConfig:
     """Max context-noise augmentation level (0 turns the augmentation off)."""
     own_context: float | None = None
     """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
+    change_gate: bool = True
+    """With the 'pixels' autoencoder: learn which grid cells change at all and keep the others exact
+    (no speckle piling up in static parts of long rollouts). Ignored for learned latents."""
     holdout: float = 0.1
     """Fraction of episodes held out for evaluation (never trained on)."""
     ckpt_every: int = 250
@@ -261,6 +305,15 @@ class TrainConfig:
     """Continue from the latest complete checkpoint in --out."""
     tensorboard: bool = True
     """Write TensorBoard logs to <run>/tb."""
+
+
+def budget_minutes(cfg: TrainConfig) -> float | None:
+    """The run's wall-clock budget: --minutes, else the size's unless step counts were given (then they rule)."""
+    if cfg.minutes is not None and not cfg.minutes >= 0:  # also refuses nan
+        raise SimulacraError(f"--minutes is a wall-clock budget, 0 (none) or more, not {cfg.minutes}")
+    if cfg.minutes is not None:
+        return cfg.minutes or None
+    return None if cfg.ae_steps is not None or cfg.dyn_steps is not None else SIZES[cfg.size].get("minutes")
 
 
 def check_model_config(ae_cfg, dyn_cfg) -> None:
@@ -278,6 +331,8 @@ def check_model_config(ae_cfg, dyn_cfg) -> None:
         raise SimulacraError(
             f"U-Net widths {widths} must be multiples of 8 (GroupNorm with 8 groups); pick --channels accordingly"
         )
+    if dyn_cfg.change_gate and not dyn_cfg.residual:
+        raise SimulacraError("change_gate needs residual dynamics (it gates the change from the last frame)")
     if not 0 <= dyn_cfg.own_context <= 1:  # also refuses nan
         raise SimulacraError(f"--own-context is a fraction of the training windows, 0 to 1, not {dyn_cfg.own_context}")
 
@@ -290,6 +345,7 @@ def train(cfg: TrainConfig) -> Path:
     from simulacra.models.dynamics import Dynamics, DynamicsConfig
     from simulacra.world import World
 
+    t_begin = time.time()  # a --minutes budget counts from here
     rank, world_size = dist_info()
     if cfg.size not in SIZES:
         raise SimulacraError(f"unknown size {cfg.size!r}; sizes: {', '.join(SIZES)}")
@@ -310,6 +366,7 @@ def train(cfg: TrainConfig) -> Path:
         if v is not None
     }
     over["snap_to_pixels"] = ae_cfg.kind == "pixels"
+    over["change_gate"] = cfg.change_gate and ae_cfg.kind == "pixels"
     dyn_cfg = DynamicsConfig(**{**size["dyn"], **over})
     check_model_config(ae_cfg, dyn_cfg)
     K = dyn_cfg.context
@@ -326,6 +383,7 @@ def train(cfg: TrainConfig) -> Path:
         if loop.batch_size % world_size:
             raise SimulacraError(f"batch size {loop.batch_size} does not split over {world_size} processes")
         loop.warmup = min(loop.warmup, max(1, loop.steps // 10))
+    minutes = budget_minutes(cfg)
     run = Path(cfg.out or f"runs/{Path(root).name}-{cfg.size}")
     if (run / "config.json").exists() and not cfg.resume:
         raise SimulacraError(f"{run} already holds a run; pass --resume to continue it or --out elsewhere")
@@ -337,7 +395,7 @@ def train(cfg: TrainConfig) -> Path:
     resolved = {
         "train": asdict(cfg), "data": str(root), "size": cfg.size, "world_size": world_size,
         "autoencoder": asdict(ae_cfg), "dynamics": asdict(dyn_cfg), "ae_loop": asdict(ae_loop), "dyn_loop": asdict(dyn_loop),
-        "action_space": action_space, "frame_shape": ds.info["frame_shape"], "preset": ds.info.get("preset_config"),
+        "minutes_budget": minutes, "action_space": action_space, "frame_shape": ds.info["frame_shape"], "preset": ds.info.get("preset_config"),
         "fps": ds.info.get("fps", 15), "train_episodes": train_eps, "holdout_episodes": held_eps,
     }  # fmt: skip
     writer = None
@@ -368,7 +426,10 @@ def train(cfg: TrainConfig) -> Path:
     elif cfg.resume and ae_done.exists():
         ae.load_state_dict(load_file(ae_done))
     else:
+        if minutes:
+            ae_loop.deadline = t_begin + 60 * minutes * ae_loop.steps / (ae_loop.steps + dyn_loop.steps)
         fit(ae, ae_batch, ae_loop, run / "checkpoints" / "autoencoder", "autoencoder", cfg.resume, writer, resolved)
+        resolved["ae_loop"]["steps"] = ae_loop.steps  # what a --minutes budget left of the plan
         if rank == 0:
             (run / "world").mkdir(parents=True, exist_ok=True)
             save_file(
@@ -403,8 +464,13 @@ def train(cfg: TrainConfig) -> Path:
             "keys": sample_keys(cfg.seed, 2, step, dyn_loop.batch_size, r, w),
         }
 
+    if minutes:
+        dyn_loop.deadline = t_begin + 60 * minutes
     metrics = fit(dyn, dyn_batch, dyn_loop, run / "checkpoints" / "dynamics", "dynamics", cfg.resume, writer, resolved)
+    resolved["dyn_loop"]["steps"] = dyn_loop.steps
+    resolved["train_seconds"] = round(time.time() - t_begin, 1)  # of this invocation (a resume counts its own)
     if rank == 0:
+        save_run_config(run, resolved)
         World(ae, dyn.cpu().eval(), resolved).save(run / "world")
         print(
             f"trained world saved to {run / 'world'} (last dynamics metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})})"

@@ -63,6 +63,14 @@ class DynamicsConfig:
     residual: bool = True
     """Generate the change from the last context frame rather than the frame itself: static parts
     of the picture stay exact (copy-last is the prior), and the flow only has to model what moves."""
+    change_gate: bool = False
+    """With `residual` and pixel latents: also predict per grid cell whether it changes at all (an
+    extra U-Net output, trained at every flow time like the frame), and keep the cells predicted
+    unchanged exactly as they were. The flow's small errors in static cells otherwise pile up over a
+    rollout as speckle. The gate is read at the last Euler step, when it sees the nearly finished
+    sample, so a sampled ball keeps its cell open. Set by `train` for the 'pixels' autoencoder."""
+    gate_weight: float = 0.1
+    """Weight of the gate's loss (binary cross-entropy per cell) against the flow's."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -156,7 +164,7 @@ class Dynamics(nn.Module):
                 cin = ch
             if i > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        self.out = nn.Sequential(nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, C, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, C + cfg.change_gate, 3, padding=1))
         # reward sign (-1, 0, +1) and termination of the transition (frame K-1, action K-1)
         self.heads_conv = nn.Sequential(
             nn.Conv2d(2 * C, chs[0], 3, stride=2, padding=1),
@@ -167,7 +175,8 @@ class Dynamics(nn.Module):
 
     # ---- the denoiser ----------------------------------------------------------------------------
     def velocity(self, x_BChw, t_B, ctx_BKChw, actions_BK, ctx_noise_B, pad_BK=None):
-        """The U-Net on noisy next latents x at flow time t: the clean target ('x') or the velocity ('v')."""
+        """The U-Net on noisy next latents x at flow time t: the clean target ('x') or the velocity ('v'),
+        (B, C, h, w), and with `change_gate` one more channel: the logit that the cell changes."""
         a = self.actions(actions_BK, pad_BK)
         cond = self.cond(torch.cat([timestep_embedding(t_B, self.cfg.cond_dim), a], -1))
         cond = cond + self.noise_embed(timestep_embedding(ctx_noise_B, self.cfg.cond_dim))
@@ -212,6 +221,12 @@ class Dynamics(nn.Module):
         noise = rng.randn(*target.shape[1:]).to(z)
         x_t = (1 - t)[:, None, None, None] * target + t[:, None, None, None] * noise
         out = self.velocity(x_t, t, ctx, actions, level, pad)
+        gate_loss = torch.zeros((), device=z.device)
+        if self.cfg.change_gate:
+            out, gate_logit = out[:, :-1], out[:, -1]
+            # pixel latents are whole gray levels: a cell changed if any value moved by half a level or more
+            moved = (target.abs() * self.latent_std * 127.5 >= 0.5).any(1).float()
+            gate_loss = F.binary_cross_entropy_with_logits(gate_logit, moved)
         err = (out - (target if self.cfg.prediction == "x" else noise - target)) ** 2
         if self.cfg.residual and self.cfg.change_weight > 0:
             moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
@@ -222,8 +237,11 @@ class Dynamics(nn.Module):
         term = batch["terminated"][:, K - 1].float()
         r_loss = F.cross_entropy(r_logits, r_cls)
         d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0, device=z.device))
-        loss = flow + self.cfg.done_weight * (r_loss + d_loss)
-        return loss, {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
+        loss = flow + self.cfg.gate_weight * gate_loss + self.cfg.done_weight * (r_loss + d_loss)
+        metrics = {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
+        if self.cfg.change_gate:
+            metrics["gate_bce"] = gate_loss.item()
+        return loss, metrics
 
     def own_context(self, ctx_BKChw, actions_BK, pad_BK, rng) -> torch.Tensor:
         """Replace the last context frame of a random subset of (unpadded) windows by a sample of the
@@ -270,14 +288,18 @@ class Dynamics(nn.Module):
         base = ctx_BKChw[:, -1]
         if self.cfg.context_noise_infer > 0:
             ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * ctx_noise
-        x = noise
+        x, gate = noise, None
         ts = [1 - i / steps for i in range(steps + 1)]  # Python floats: an unrolled loop of constants on export
         for i in range(steps):
             t = torch.full((B,), ts[i], device=x.device)
             out = self.velocity(x, t, ctx_BKChw, actions_BK, level, pad_BK)
+            if self.cfg.change_gate:
+                out, gate = out[:, :-1], out[:, -1:]
             v = (x - out) / ts[i] if self.cfg.prediction == "x" else out  # x-prediction -> velocity
             x = x + (ts[i + 1] - ts[i]) * v
         if self.cfg.residual:
+            if gate is not None:
+                x = x * (gate > 0).to(x.dtype)  # cells predicted unchanged stay exactly as they were
             x = base + x
         if self.cfg.snap_to_pixels:  # normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back
             x = ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
