@@ -209,14 +209,17 @@ def test_bad_model_options_are_one_line_errors(data, tmp_path, bad):
 
 
 class Slow(torch.nn.Module):
-    """A one-weight model whose step takes about 20 ms: a stand-in for a model that is slow to train."""
+    """A one-weight model whose step takes ``s`` seconds (``later`` from its 40th call on): a stand-in
+    for a model that is slow to train, on a CPU that may slow down mid-run."""
 
-    def __init__(self):
+    def __init__(self, s: float = 0.02, later: float | None = None):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(1))
+        self.s, self.later, self.calls = s, later, 0
 
     def forward(self, batch):
-        time.sleep(0.02)
+        self.calls += 1
+        time.sleep(self.later if self.later and self.calls > 40 else self.s)
         return ((self.w - batch["x"]) ** 2).mean(), {}
 
 
@@ -234,6 +237,15 @@ def test_minutes_budget_cuts_the_steps_and_resume_keeps_them(tmp_path):
     again = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=time.time() + 0.1)
     fit(Slow(), get, again, tmp_path, "slow", resume=True)
     assert again.steps == cfg.steps
+
+
+def test_minutes_budget_holds_when_steps_get_slower(tmp_path):
+    """Calibrated at 10 ms per step, then 40 ms: the cut made at calibration alone would overrun 3x."""
+    get = lambda step, rank, world: {"x": torch.zeros(2)}  # noqa: E731
+    t0 = time.time()
+    cfg = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=t0 + 5.0)
+    fit(Slow(0.01, later=0.04), get, cfg, tmp_path, "slower", resume=False)
+    assert time.time() - t0 < 5.8, time.time() - t0
 
 
 def test_negative_minutes_is_a_one_line_error(data, tmp_path):
