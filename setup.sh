@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Command 1 of 2: install everything into .venv, then run the main job on the default world:
-# record a data set from the real env, train a nano world model on it (about 10 minutes on 2 CPU cores),
+# record a data set from the real env, train a nano world model on it (nano's 10-minute wall-clock budget),
 # and evaluate it on freshly recorded episodes against the copy-last-frame baseline.
 # WORLD=<preset> EPISODES=<n> bash setup.sh picks another world; re-running resumes a finished or
 # interrupted training run instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
-WORLD=${WORLD:-carracing}  # the benchmark's best world in the nano budget (benchmarks/world_quality.py)
-EPISODES=${EPISODES:-12}
+WORLD=${WORLD:-breakout}  # the benchmark's best world in the nano budget (benchmarks/world_quality.py)
+EPISODES=${EPISODES:-48}
 sim=.venv/bin/simulacra
 data=datasets/$WORLD
 run=runs/$WORLD-nano
