@@ -249,9 +249,9 @@ SIZES: dict[str, dict] = {
     # ae: AutoencoderConfig fields; dyn: DynamicsConfig fields; steps and batch per stage
     "debug": {"ae": {"channels": 16, "latent_channels": 4, "blocks": 1}, "dyn": {"context": 2, "channels": 16, "channel_mult": (1, 2), "cond_dim": 32},
               "ae_steps": 30, "dyn_steps": 30, "ae_batch": 8, "dyn_batch": 8, "ae_lr": 2e-3, "dyn_lr": 1e-3},
-    # nano: sized to train in about 9 minutes on a 2-core AVX2 CPU (4.8 dynamics steps/s measured). No own_context:
-    # at equal steps it helped (Pong PSNR@16 +0.8 dB), but its ~25% per step cost 600 of the budget's steps, and
-    # Pong at 1800 steps with it scored below 2400 without (docs/world-model.md)
+    # nano: a 10-minute wall-clock budget on a 2-core AVX2 CPU (about 3400 of the 4000 planned steps fit there,
+    # 2026-11-23). No own_context: at equal steps it helped (Pong PSNR@16 +0.8 dB), but its ~25% per step cost
+    # a quarter of the budget's steps, and Pong at 1800 steps with it scored below 2400 without (docs/world-model.md)
     "nano": {"ae": {"channels": 64, "latent_channels": 8}, "dyn": {"context": 4, "channels": 48, "channel_mult": (1, 2, 2), "cond_dim": 128},
              "ae_steps": 1200, "dyn_steps": 4000, "ae_batch": 32, "dyn_batch": 32, "ae_lr": 2e-3, "dyn_lr": 5e-4, "minutes": 10},
     "small": {"ae": {"channels": 128, "latent_channels": 8, "blocks": 3}, "dyn": {"context": 8, "channels": 128, "channel_mult": (1, 2, 2), "cond_dim": 256, "blocks": 2, "own_context": 0.25},
