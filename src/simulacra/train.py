@@ -279,6 +279,8 @@ class TrainConfig:
     """Autoencoder optimisation steps (default: the size preset's)."""
     dyn_steps: int | None = None
     """Dynamics optimisation steps (default: the size preset's)."""
+    lr: float | None = None
+    """Peak learning rate of the dynamics stage, after warm-up (default: the size preset's)."""
     minutes: float | None = None
     """Wall-clock budget for the whole run: each stage times its first steps and cuts its step count to
     fit (the autoencoder its share of the planned steps); the counts reached are saved in config.json.
@@ -376,13 +378,15 @@ def train(cfg: TrainConfig) -> Path:
     dyn_cfg = DynamicsConfig(**{**size["dyn"], **over})
     check_model_config(ae_cfg, dyn_cfg)
     K = dyn_cfg.context
+    if cfg.lr is not None and not cfg.lr > 0:  # also refuses nan
+        raise SimulacraError(f"--lr must be a positive learning rate, not {cfg.lr}")
     ae_loop = LoopConfig(
         cfg.ae_steps or size["ae_steps"], cfg.batch_size or size["ae_batch"], size["ae_lr"], ckpt_every=cfg.ckpt_every
     )
     dyn_loop = LoopConfig(
         cfg.dyn_steps or size["dyn_steps"],
         cfg.batch_size or size["dyn_batch"],
-        size["dyn_lr"],
+        cfg.lr or size["dyn_lr"],
         ckpt_every=cfg.ckpt_every,
     )
     for loop in (ae_loop, dyn_loop):
