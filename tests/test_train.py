@@ -261,9 +261,9 @@ def test_nano_is_budgeted_unless_steps_are_given():
     assert budget_minutes(TrainConfig(size="small", minutes=2.5)) == 2.5
 
 
-def test_lr_sets_the_dynamics_rate_and_refuses_nonpositive(data, tmp_path):
-    p = train(data, tmp_path / "bad", "--lr", "0", check=False)
-    assert p.returncode != 0 and "--lr" in p.stderr and "Traceback" not in p.stderr
-    train(data, tmp_path / "run", "--dyn-steps", "2", "--lr", "0.003")
+def test_dyn_lr_sets_the_dynamics_rate_and_refuses_nonpositive(data, tmp_path):
+    p = train(data, tmp_path / "bad", "--dyn-lr", "0", check=False)
+    assert p.returncode != 0 and "--dyn-lr" in p.stderr and "Traceback" not in p.stderr
+    train(data, tmp_path / "run", "--dyn-steps", "2", "--dyn-lr", "0.003")
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["dyn_loop"]["lr"] == 0.003 and cfg["ae_loop"]["lr"] == SIZES["debug"]["ae_lr"]

@@ -279,7 +279,7 @@ class TrainConfig:
     """Autoencoder optimisation steps (default: the size preset's)."""
     dyn_steps: int | None = None
     """Dynamics optimisation steps (default: the size preset's)."""
-    lr: float | None = None
+    dyn_lr: float | None = None
     """Peak learning rate of the dynamics stage, after warm-up (default: the size preset's)."""
     minutes: float | None = None
     """Wall-clock budget for the whole run: each stage times its first steps and cuts its step count to
@@ -378,15 +378,15 @@ def train(cfg: TrainConfig) -> Path:
     dyn_cfg = DynamicsConfig(**{**size["dyn"], **over})
     check_model_config(ae_cfg, dyn_cfg)
     K = dyn_cfg.context
-    if cfg.lr is not None and not cfg.lr > 0:  # also refuses nan
-        raise SimulacraError(f"--lr must be a positive learning rate, not {cfg.lr}")
+    if cfg.dyn_lr is not None and not cfg.dyn_lr > 0:  # also refuses nan
+        raise SimulacraError(f"--dyn-lr must be a positive learning rate, not {cfg.dyn_lr}")
     ae_loop = LoopConfig(
         cfg.ae_steps or size["ae_steps"], cfg.batch_size or size["ae_batch"], size["ae_lr"], ckpt_every=cfg.ckpt_every
     )
     dyn_loop = LoopConfig(
         cfg.dyn_steps or size["dyn_steps"],
         cfg.batch_size or size["dyn_batch"],
-        cfg.lr or size["dyn_lr"],
+        cfg.dyn_lr or size["dyn_lr"],
         ckpt_every=cfg.ckpt_every,
     )
     for loop in (ae_loop, dyn_loop):
