@@ -1,9 +1,13 @@
 """Unit tests of the tricky parts of the dynamics model: context padding, own-sample context, keyed noise."""
 
+import pytest
 import torch
 
+from simulacra.errors import SimulacraError
+from simulacra.models.autoencoder import AutoencoderConfig
 from simulacra.models.common import KeyedRNG
 from simulacra.models.dynamics import Dynamics, DynamicsConfig, pad_context
+from simulacra.train import check_model_config
 
 SPACE = {"type": "discrete", "n": 3, "start": 0}
 
@@ -100,3 +104,11 @@ def test_change_gate_is_trained_on_the_cells_that_moved():
     p = torch.sigmoid(torch.tensor(2.0))
     want = -(1 / 16 * torch.log(p) + 15 / 16 * torch.log(1 - p))
     assert abs(m["gate_bce"] - float(want)) < 1e-5
+
+
+def test_change_gate_without_residual_is_a_clear_error():
+    dyn = DynamicsConfig(channels=16, change_gate=True, residual=False)
+    with pytest.raises(SimulacraError, match="change_gate needs residual"):
+        check_model_config(AutoencoderConfig(kind="pixels"), dyn)
+    dyn.residual = True
+    check_model_config(AutoencoderConfig(kind="pixels"), dyn)
