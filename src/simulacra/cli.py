@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
 
 import tyro
 
@@ -103,6 +101,16 @@ VERBS: dict[str, Callable[[list[str]], None]] = {
 } | {v: _planned(v) for v in PLANNED}
 
 
+def _log_to_stdout() -> None:
+    log = logging.getLogger("simulacra")
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "simulacra_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.simulacra_cli = True
+        log.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(__version__)
         return
+    # library code logs (logging.getLogger(__name__)); the command shows those notes as plain lines
+    _log_to_stdout()
     if argv[0] not in VERBS:
         print(f"simulacra: unknown verb {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
@@ -127,10 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"simulacra {argv[0]}: interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def save_config(cfg, path: Path) -> None:
-    path.write_text(json.dumps(asdict(cfg), indent=2))
 
 
 if __name__ == "__main__":
