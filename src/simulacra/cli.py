@@ -101,14 +101,18 @@ VERBS: dict[str, Callable[[list[str]], None]] = {
 } | {v: _planned(v) for v in PLANNED}
 
 
+class _StdoutLines(logging.Handler):
+    """Each log record as a plain line on the current sys.stdout (looked up per line, so tests capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), flush=True)
+
+
 def _log_to_stdout() -> None:
     log = logging.getLogger("simulacra")
     log.setLevel(logging.INFO)
-    if not any(getattr(h, "simulacra_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.simulacra_cli = True
-        log.addHandler(handler)
+    if not any(isinstance(h, _StdoutLines) for h in log.handlers):
+        log.addHandler(_StdoutLines())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,7 +56,9 @@ class ActionSpace:
         shape = tuple(int(s) for s in (low.shape if shape is None else shape))
         low, high = np.broadcast_to(low, shape).ravel(), np.broadcast_to(high, shape).ravel()
         if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
-            raise ActionSpaceError(f"Box bounds must be numbers with low <= high, not {low.tolist()} .. {high.tolist()}")
+            raise ActionSpaceError(
+                f"Box bounds must be numbers with low <= high, not {low.tolist()} .. {high.tolist()}"
+            )
         return cls("box", shape=shape, low=tuple(low.tolist()), high=tuple(high.tolist()))
 
     @classmethod
@@ -245,13 +247,17 @@ class FrameSpace:
         """uint8 frames (..., H, W, 3); one line for another shape, a float array or values outside 0..255."""
         f = np.asarray(frames)
         if f.shape[-3:] != self.shape:
-            raise SimulacraError(f"{what} are {list(f.shape[-3:])} per frame, this world's frames are {list(self.shape)}")
+            raise SimulacraError(
+                f"{what} are {list(f.shape[-3:])} per frame, this world's frames are {list(self.shape)}"
+            )
         if f.dtype == np.uint8:
             return f
         if f.dtype == np.bool_ or not np.issubdtype(f.dtype, np.number):
             raise SimulacraError(f"{what} must be uint8 pixels 0..255, not {f.dtype}")
         if np.issubdtype(f.dtype, np.floating):
-            raise SimulacraError(f"{what} are {f.dtype}; pass uint8 pixels 0..255 (e.g. (x * 255).round().astype(np.uint8))")
+            raise SimulacraError(
+                f"{what} are {f.dtype}; pass uint8 pixels 0..255 (e.g. (x * 255).round().astype(np.uint8))"
+            )
         if f.size and (f.min() < 0 or f.max() > 255):
             raise SimulacraError(f"{what} hold values {int(f.min())}..{int(f.max())}; pixels are 0..255")
         return f.astype(np.uint8)
