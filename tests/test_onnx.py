@@ -21,22 +21,24 @@ from simulacra.export import (  # noqa: E402
 )
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
 from simulacra.models.dynamics import Dynamics, DynamicsConfig  # noqa: E402
-from simulacra.train import SIZES  # noqa: E402
-from simulacra.world import World  # noqa: E402
+from simulacra.world import TorchStep, World  # noqa: E402
 
 SPACES = {
     "discrete": {"type": "discrete", "n": 5, "start": 0},
     "box": {"type": "box", "shape": [2], "low": [-1.0, 0.0], "high": [1.0, 2.0], "dtype": "float32"},
 }
 
+# the debug size's models (small enough that exporting takes seconds)
+DEBUG_AE = {"channels": 16, "latent_channels": 4, "blocks": 1}
+DEBUG_DYN = {"context": 2, "channels": 16, "channel_mult": (1, 2), "cond_dim": 32}
+
 
 def make_world(kind: str, frame: int = 32) -> World:
     torch.manual_seed(0)
-    size = SIZES["debug"]
-    ae = Autoencoder(AutoencoderConfig(**size["ae"]))
+    ae = Autoencoder(AutoencoderConfig(**DEBUG_AE))
     # the discrete world is configured as `train` configures one on pixels: snapped samples, change gate
     pixels = {"snap_to_pixels": True, "change_gate": True} if kind == "discrete" else {}
-    dyn = Dynamics(DynamicsConfig(**size["dyn"], **pixels), ae.latent_channels, SPACES[kind])
+    dyn = Dynamics(DynamicsConfig(**DEBUG_DYN, **pixels), ae.latent_channels, SPACES[kind])
     with torch.no_grad():  # zero-initialised convs would leave half the graph trivially equal
         for p in dyn.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -65,7 +67,7 @@ def saved(request, tmp_path_factory):
 
 def test_graph_matches_eager(saved):
     kind, path, meta = saved
-    assert meta["sampling_steps"] == SIZES["debug"]["dyn"].get("sampling_steps", 4)
+    assert meta["sampling_steps"] == DynamicsConfig().sampling_steps
     assert set(meta["inputs"]) == {"context", "actions", "pad", "noise", "context_noise"}
     assert meta["inputs"]["actions"]["dtype"] == ("int64" if kind == "discrete" else "float32")
     assert json.loads((path / "step.onnx.json").read_text())["fingerprint"] == meta["fingerprint"]
@@ -86,7 +88,7 @@ def test_graph_matches_eager(saved):
 def test_onnx_world_streams_like_torch(saved):
     kind, path, _ = saved
     eager, fast = World.load(path), World.load(path, backend="onnx")
-    assert fast._onnx is not None and eager._onnx is None
+    assert isinstance(fast.step_fn, OnnxStep) and isinstance(eager.step_fn, TorchStep)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(2, 3, 32, 32, 3), dtype=np.uint8)  # batch of 2, 3 frames of context
     n = 6
@@ -94,21 +96,17 @@ def test_onnx_world_streams_like_torch(saved):
         actions = rng.integers(0, 5, size=(2, n))
     else:
         actions = np.stack([rng.uniform(-1, 1, (2, n)), rng.uniform(0, 2, (2, n))], -1).astype(np.float32)
-    out = []
-    for w in (eager, fast):
-        w.reset(frames, seed=3)
-        out.append(w.rollout(actions))
+    out = [w.rollout(w.reset(frames), actions, w.generator(3))[1:] for w in (eager, fast)]
     (f0, r0, d0), (f1, r1, d1) = out
     assert f1.shape == f0.shape == (2, n, 32, 32, 3) and r1.shape == r0.shape == (2, n) and d1.dtype == bool
     # same seed, same noise draws: the dreams agree up to float error (which compounds a little per step)
     assert np.abs(f1.astype(int) - f0.astype(int)).max() <= 2
-    # single (unbatched) stepping, and latent_step with the graph's step count vs another one
-    fast.reset(frames[0], seed=1)
-    frame, reward, done = fast.step(actions[0, 0])
-    assert frame.shape == (32, 32, 3) and isinstance(reward, float) and isinstance(done, bool)
-    for steps in (None, 2):
-        _, z, r, d = fast.latent_step(fast.state, actions[:1, 0], steps=steps)
-        assert z.shape == fast.state.latents.shape[:1] + fast.state.latents.shape[2:] and r.shape == d.shape == (1,)
+    # the latent side runs on the same backend: its next latents decode to the step's frame
+    state = fast.reset(frames[:1])
+    _, frame, reward, done = fast.step(state, actions[:1, 0], fast.generator(1))
+    _, z, r, d = fast.latent_step(state, actions[:1, 0], fast.generator(1))
+    assert frame.shape == (1, 32, 32, 3) and reward.shape == done.shape == (1,) and done.dtype == bool
+    assert np.abs(fast.decode(z).astype(int) - frame.astype(int)).max() <= 1
 
 
 def test_missing_or_stale_graph_is_reexported(tmp_path):

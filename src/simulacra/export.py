@@ -29,8 +29,10 @@ import torch
 import torch.nn as nn
 import tyro
 
+from simulacra import layout
 from simulacra.errors import SimulacraError
 from simulacra.models.autoencoder import to_uint8
+from simulacra.world.backends import OnnxStep
 
 GRAPH_VERSION = 1
 OPSET = 18
@@ -52,7 +54,7 @@ class StepGraph(nn.Module):
         return z, frame, reward, done
 
 
-def _ort():
+def ort():
     try:
         import onnxruntime
     except ImportError as e:
@@ -66,13 +68,8 @@ def random_inputs(world, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
     H, W = world.config["frame_shape"][:2]
     with torch.no_grad():
         C, h, w = world.ae.encode(torch.zeros(1, 3, H, W, dtype=torch.uint8)).shape[1:]
-    K, space = world.K, world.action_space
-    if space["type"] == "box":
-        low, high = (torch.tensor(space[k], dtype=torch.float32) for k in ("low", "high"))
-        actions = low + (high - low) * torch.rand(B, K, *space["shape"], generator=g)
-    else:
-        n, lo = space.get("n", 1), space.get("start", 0)
-        actions = lo + torch.randint(0, n, (B, K), generator=g)
+    K = world.K
+    actions = torch.from_numpy(world.action_space.sample(np.random.default_rng(seed), (B, K)))
     pad = torch.zeros(B, K, dtype=torch.bool)
     pad[:, : K - 1] = torch.arange(K - 1) < torch.randint(0, K, (B, 1), generator=g)  # 0..K-1 padded slots
     return {
@@ -159,12 +156,10 @@ def export_step(world, path: str | Path, *, exporter: str = "auto", check: bool 
         }  # fmt: skip
         if check:
             meta["check"] = check_step(world, OnnxStep(tmp, threads=2))
-        os.replace(tmp, path)
+        layout.commit_file(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    side = sidecar_path(path)
-    side.with_name(".tmp-" + side.name).write_text(json.dumps(meta, indent=1))
-    os.replace(side.with_name(".tmp-" + side.name), side)
+    layout.atomic_write(sidecar_path(path), json.dumps(meta, indent=1))
     return meta
 
 
@@ -197,27 +192,6 @@ def tolerance(world) -> dict:
     return tol
 
 
-class OnnxStep:
-    """An ONNX Runtime session on a step graph; called like ``StepGraph`` (torch in, torch + uint8 frames out)."""
-
-    def __init__(self, path: str | Path, threads: int = 2):
-        ort = _ort()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting: costs ~15% on idle cores, but spinning threads starve everything on shared ones
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}  # unused ones (no context noise) are dropped
-        self.path = Path(path)
-
-    def __call__(self, context, actions, pad, noise, context_noise=None):
-        feed = dict(zip(INPUTS, (context, actions, pad, noise, context_noise), strict=True))
-        feed = {k: v.detach().cpu().contiguous().numpy() for k, v in feed.items() if k in self.inputs}
-        z, frame, reward, done = self.session.run(list(OUTPUTS), feed)
-        return torch.from_numpy(z), frame, torch.from_numpy(reward), torch.from_numpy(done)
-
-
 def default_path(world) -> Path:
     """``<world dir>/step.onnx``, or a per-fingerprint file in the user cache for worlds not on disk."""
     if getattr(world, "path", None) is not None and os.access(world.path, os.W_OK):
@@ -226,13 +200,11 @@ def default_path(world) -> Path:
     return cache / f"step-{fingerprint(world)[:16]}.onnx"
 
 
-def load_step(world, path: str | Path | None = None, threads: int = 2) -> OnnxStep:
-    """The world's step graph in an ONNX Runtime session, exported first if missing or stale."""
-    _ort()
-    path = Path(path) if path is not None else default_path(world)
+def ensure_exported(world, path: str | Path) -> None:
+    """Export the world's step graph to ``path`` unless a current one is there already."""
+    ort()
     if not is_current(world, path):
         export_step(world, path)
-    return OnnxStep(path, threads=threads)
 
 
 # ---- `simulacra export` --------------------------------------------------------------------------

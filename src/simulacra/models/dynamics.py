@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from simulacra.models.common import batch_rng
+from simulacra.spaces import ActionSpace
 
 
 @dataclass
@@ -102,20 +103,18 @@ class CondResBlock(nn.Module):
 class ActionEncoder(nn.Module):
     """K actions -> one vector. Discrete: embeddings; Box: linear on actions scaled to [-1, 1]."""
 
-    def __init__(self, action_space: dict, K: int, dim: int):
+    def __init__(self, space: ActionSpace, K: int, dim: int):
         super().__init__()
-        self.kind = action_space["type"]
-        if self.kind == "discrete":
-            self.embed = nn.Embedding(action_space["n"], dim)
-            self.register_buffer("offset", torch.tensor(action_space.get("start", 0)))
-        elif self.kind == "box":
-            low = torch.tensor(action_space["low"], dtype=torch.float32).flatten()
-            high = torch.tensor(action_space["high"], dtype=torch.float32).flatten()
+        self.kind = space.kind
+        if space.kind == "discrete":
+            self.embed = nn.Embedding(space.n, dim)
+            self.register_buffer("offset", torch.tensor(space.start))
+        elif space.kind == "box":
+            # scaled in the graph (buffers, not numpy) so the exported step takes raw actions
+            low, high = (torch.from_numpy(b).flatten() for b in space.finite_bounds())
             self.register_buffer("low", low)
             self.register_buffer("span", (high - low).clamp_min(1e-6))
             self.embed = nn.Linear(len(low), dim)
-        elif self.kind != "none":
-            raise ValueError(f"action space {action_space['type']} is not supported by the dynamics model")
         self.pad = nn.Parameter(torch.zeros(dim))  # slots before the episode began
         self.proj = nn.Linear(K * dim, dim)
         self.dim = dim
@@ -134,8 +133,10 @@ class ActionEncoder(nn.Module):
 
 
 class Dynamics(nn.Module):
-    def __init__(self, cfg: DynamicsConfig, latent_channels: int, action_space: dict):
+    def __init__(self, cfg: DynamicsConfig, latent_channels: int, action_space: ActionSpace | dict):
         super().__init__()
+        if isinstance(action_space, dict):
+            action_space = ActionSpace.from_json(action_space)
         self.cfg = cfg
         C, K, D = latent_channels, cfg.context, cfg.cond_dim
         self.latent_channels = C
@@ -267,9 +268,10 @@ class Dynamics(nn.Module):
         """The randomness of one ``sample`` call, drawn in its order: (initial noise (B, C, h, w),
         context noise (B, K, C, h, w), or None when inference adds no context noise)."""
         ctx_noise = None
+        dev = generator.device if generator is not None else ctx_BKChw.device  # the stream's device decides the draws
         if self.cfg.context_noise_infer > 0:
-            ctx_noise = torch.randn(ctx_BKChw.shape, generator=generator).to(ctx_BKChw)
-        noise = torch.randn((ctx_BKChw.shape[0], *ctx_BKChw.shape[2:]), generator=generator).to(ctx_BKChw)
+            ctx_noise = torch.randn(ctx_BKChw.shape, generator=generator, device=dev).to(ctx_BKChw)
+        noise = torch.randn((ctx_BKChw.shape[0], *ctx_BKChw.shape[2:]), generator=generator, device=dev).to(ctx_BKChw)
         return noise * self.cfg.temperature, ctx_noise
 
     @torch.no_grad()
