@@ -38,9 +38,9 @@ from simulacra.world import World
 
 def random_world(size: str, frame: int) -> World:
     torch.manual_seed(0)
-    ae = Autoencoder(AutoencoderConfig(**SIZES[size]["ae"]))
+    ae = Autoencoder(AutoencoderConfig(**SIZES[size].ae))
     space = {"type": "discrete", "n": 4, "start": 0}
-    dyn = Dynamics(DynamicsConfig(**SIZES[size]["dyn"]), ae.latent_channels, space)
+    dyn = Dynamics(DynamicsConfig(**SIZES[size].dyn), ae.latent_channels, space)
     config = {"autoencoder": asdict(ae.cfg), "dynamics": asdict(dyn.cfg), "action_space": space}
     return World(ae, dyn, config | {"frame_shape": [frame, frame, 3]})
 
@@ -115,12 +115,14 @@ def main() -> None:
     if args.no_compile:
         notes["compile"] = "skipped (--no-compile)"
     # the user-facing streaming number too: World.step at batch 1 (noise draws, state shifts, numpy frames)
-    H = world.config["frame_shape"][0]
-    start = np.random.default_rng(0).integers(0, 256, (world.K, H, H, 3), dtype=np.uint8)
+    start = np.random.default_rng(0).integers(0, 256, (1, world.K, *world.frame_space.shape), dtype=np.uint8)
     streams = {"World.step torch": World(world.ae, world.dyn, world.config), "World.step onnx": world}
-    for backend, w in streams.items():
-        w._onnx = onnx_step if backend.endswith("onnx") else None
-        w.reset(start, seed=0)
+    streams["World.step onnx"].use_onnx(tmp / "step.onnx", threads=args.threads)
+    states = {k: [w.reset(start), w.generator(0)] for k, w in streams.items()}
+
+    def stream_step(name: str) -> None:
+        st = states[name]
+        st[0] = streams[name].step(st[0], [0], st[1])[0]
     rounds: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for B in args.batches:
         x = random_inputs(world, B)
@@ -136,7 +138,7 @@ def main() -> None:
             except Exception as e:  # no compiler, unsupported op...
                 notes["compile"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         if B == 1:
-            cands |= {k: ((lambda *_, w=w: w.step(0)), args.threads) for k, w in streams.items()}
+            cands |= {k: ((lambda *_, k=k: stream_step(k)), args.threads) for k in streams}
         for _ in range(args.rounds):  # interleaved, so a change in the machine's load hits every backend alike
             for name, (fn, threads) in cands.items():
                 torch.set_num_threads(threads)

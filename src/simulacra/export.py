@@ -185,7 +185,7 @@ def check_step(world, step: OnnxStep, batches=(1, 3), seed: int = 0) -> dict:
 
 def tolerance(world) -> dict:
     """TOLERANCE, widened on latents to one 8-bit level where samples are snapped to the pixel grid: a
-    float difference of 1e-6 flips the rounding of a value that lies on a half level (seen on CarRacing)."""
+    float difference of 1e-6 flips the rounding of a value that lies on a half level."""
     tol = dict(TOLERANCE)
     if world.dyn.cfg.snap_to_pixels:
         tol["latents"] = max(tol["latents"], 1.001 / (127.5 * float(world.dyn.latent_std)))

@@ -49,7 +49,7 @@ class DynamicsConfig:
     it, so static regions stay clean) or 'v' (the flow velocity noise - data)."""
     change_weight: float = 0.0
     """Extra loss weight on grid cells that change from the last frame (with `residual`), for small
-    moving objects (a paddle, a ball). Off by default: not yet measured to help."""
+    moving objects (a paddle, a ball). Off by default (docs/world-model.md has what it measured)."""
     temperature: float = 1.0
     """Inference: scale of the initial noise. 1 samples the learned distribution; lower trades
     diversity for fidelity (0 = the deterministic flow from the noise mean)."""
@@ -145,8 +145,8 @@ class Dynamics(nn.Module):
         self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.noise_embed = nn.Linear(D, D)
         chs = [cfg.channels * m for m in cfg.channel_mult]
-        # 1x1: a per-cell embedding of the stacked frames; the residual blocks give the spatial context. A
-        # 3x3 stem over (K+1)*C channels is ~20% of the FLOPs by count (its measured step time: within noise)
+        # 1x1: a per-cell embedding of the stacked frames; the residual blocks give the spatial context, and a
+        # 3x3 stem over all (K+1)*C input channels would cost a fifth of the U-Net's FLOPs
         self.inp = nn.Conv2d(C * (K + 1), chs[0], 1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
@@ -213,8 +213,8 @@ class Dynamics(nn.Module):
             ctx = self.own_context(ctx, actions, pad, rng)
         if self.cfg.residual:
             # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
-            # global std is tiny and dividing by it made a moving paddle a +-60 target against unit noise;
-            # the flow then never trained at a useful noise level and sampling froze everything that moves
+            # global std is tiny, and dividing by it would make a moving object a huge target against unit
+            # noise; the flow would never train at a useful noise level, and samples would freeze what moves
             target = target - ctx[:, -1]
         level = rng.rand().to(z) * self.cfg.context_noise_max
         ctx = ctx + level[:, None, None, None, None] * rng.randn(*ctx.shape[1:]).to(z)
