@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from simulacra.data import Dataset, DatasetWriter, WindowDataset
+from simulacra.spaces import ActionSpace
 
 
 def frames_per_s_single(root: str, T: int, seconds: float, cache_mb: int) -> float:
@@ -66,7 +67,7 @@ def frames_per_s_loader(root: str, T: int, seconds: float, workers: int, batch: 
 
 def synthetic_noise(root: Path, episodes: int = 8, length: int = 500) -> str:
     rng = np.random.default_rng(0)
-    space = {"type": "discrete", "n": 4, "start": 0}
+    space = ActionSpace.discrete(4).to_json()
     w = DatasetWriter(root, {"frame_shape": [64, 64, 3], "action_space": space, "env_id": "noise"}, overwrite=True)
     for _ in range(episodes):
         f = rng.integers(0, 256, (length + 1, 64, 64, 3), dtype=np.uint8)

@@ -17,6 +17,7 @@ from simulacra.cli import main
 from simulacra.data.interop import EXPORTERS, IMPORTERS
 from simulacra.data.store import Dataset, DatasetWriter
 from simulacra.errors import DatasetError
+from simulacra.spaces import ActionSpace, ActionSpaceError
 
 STEP_KEYS = ("action", "reward", "terminated", "truncated")
 
@@ -174,7 +175,7 @@ def test_lerobot_video_round_trip_is_close(tmp_path):
     np.testing.assert_allclose(spans, [(0, 1.0), (1.0, 1.6), (1.6, 2.0)])
     assert all(e["videos/observation.image/chunk_index"] == 0 for e in episodes)
     back = _import("lerobot", root, tmp_path / "back")
-    assert len(back) == 3 and back.info["action_space"] == {"type": "discrete", "n": 3}  # restored exactly
+    assert len(back) == 3 and back.info["action_space"] == {"type": "discrete", "n": 3, "start": 0}  # restored exactly
     for i, (frames, act, rew, term, trunc) in enumerate(refs):
         got = back.episode(i)
         assert got["frames"].shape == frames.shape
@@ -448,7 +449,7 @@ def test_video_folder_errors_leave_nothing(tmp_path):
 
     (folder / "b.actions.json").write_text(json.dumps([0, 1, 5, 1]))
     (folder / "action_space.json").write_text(json.dumps({"type": "discrete", "n": 3}))
-    with pytest.raises(DatasetError, match=r"b\.actions\.json: action 5 at step 2 is outside the action space"):
+    with pytest.raises(DatasetError, match=r"b\.actions\.json: action 5 at index 2 is outside the action space"):
         _import("videos", folder, tmp_path / "out")
     _nothing_left(tmp_path / "out")
 
@@ -463,6 +464,41 @@ def test_video_folder_errors_leave_nothing(tmp_path):
     with pytest.raises(DatasetError, match="is not a simulacra data set"):
         _import("videos", folder, tmp_path / "mine", overwrite=True)
     assert (tmp_path / "mine/thesis.tex").read_text() == "precious"
+
+
+def test_multi_discrete_sources_are_refused_with_one_line(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    _write_mp4(folder / "a.mp4", _smooth_frames(4, 0))
+    np.save(folder / "a.actions.npy", np.array([[0, 1], [1, 1], [2, 0]]))
+    (folder / "action_space.json").write_text(json.dumps({"type": "multi_discrete", "nvec": [3, 2]}))
+    with pytest.raises(DatasetError) as err:
+        _import("videos", folder, tmp_path / "out")
+    assert "action_space.json" in str(err.value) and "MultiDiscrete" in str(err.value) and "\n" not in str(err.value)
+    _nothing_left(tmp_path / "out")
+
+    make_synthetic(tmp_path / "src", lengths=(4,))
+    _export(Dataset.open(tmp_path / "src"), tmp_path / "lr")
+    info_path = tmp_path / "lr/meta/info.json"
+    info = json.loads(info_path.read_text())
+    info["simulacra"]["action_space"] = {"type": "multi_discrete", "nvec": [4, 2]}
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DatasetError) as err:
+        _import("lerobot", tmp_path / "lr", tmp_path / "out")
+    assert "meta/info.json" in str(err.value) and "MultiDiscrete" in str(err.value) and "\n" not in str(err.value)
+    _nothing_left(tmp_path / "out")
+
+
+def test_minari_spaces_read_as_action_spaces():
+    from simulacra.data.interop.minari import space_from_minari
+
+    assert space_from_minari(json.dumps({"type": "Discrete", "n": 7, "start": 1})) == ActionSpace.discrete(7, 1)
+    box = {"type": "Box", "shape": [2], "low": [-1.0, -2.0], "high": [1.0, 2.0], "dtype": "float32"}
+    assert space_from_minari(box) == ActionSpace.box([-1, -2], [1, 2])
+    assert space_from_minari({"type": "Dict", "subspaces": {}}) is None  # inferred from the actions then
+    assert space_from_minari("not json") is None
+    with pytest.raises(ActionSpaceError, match="MultiDiscrete"):
+        space_from_minari({"type": "MultiDiscrete", "nvec": [3, 2]})
 
 
 # ---- (f) CLI ----------------------------------------------------------------------------------------------

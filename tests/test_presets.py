@@ -6,6 +6,8 @@ under a minute on two cores; the envs come from the ``envs`` extra and the file 
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,9 +15,10 @@ import pytest
 from simulacra.cli import main
 from simulacra.data.envs import make_env
 from simulacra.data.policies import make_policy
-from simulacra.data.record import RecordConfig, record
-from simulacra.data.store import Dataset, action_space_from_json
+from simulacra.data.record import RecordConfig, record, record_episodes
+from simulacra.data.store import Dataset
 from simulacra.presets import PRESETS, get_preset
+from simulacra.spaces import ActionSpace
 
 for _module in ("ale_py", "Box2D", "vizdoom", "gym_pusht", "crafter", "minigrid"):
     pytest.importorskip(_module)
@@ -46,7 +49,7 @@ def test_preset_records_learnable_data(tmp_path, preset):
     p = get_preset(preset)
     ds = _record(tmp_path, preset)
     assert ds.info["frame_shape"] == [64, 64, 3]
-    space = action_space_from_json(ds.info["action_space"])
+    space = ActionSpace.from_json(ds.info["action_space"]).to_gym()
     assert len(ds) == 2
     assert sorted(e.seed for e in ds.episodes) == [0, 1]
     for i, meta in enumerate(ds.episodes):
@@ -235,7 +238,7 @@ def test_generic_env_ids_record(tmp_path, env_id, source):
          + ["--out", str(out)])  # fmt: skip
     ds = Dataset.open(out)
     assert ds.info["env_id"] == env_id and len(ds) == 2
-    space = action_space_from_json(ds.info["action_space"])
+    space = ActionSpace.from_json(ds.info["action_space"]).to_gym()
     env = make_env(env_id)
     try:
         assert env.source == source
@@ -247,3 +250,17 @@ def test_generic_env_ids_record(tmp_path, env_id, source):
         assert frames.reshape(len(frames), -1).std(axis=1).min() > 3.0
         assert _changed(frames).mean() >= 0.5
         assert all(space.contains(np.asarray(a, dtype=space.dtype)) for a in ds.arrays(i)["action"])
+
+
+def test_record_episodes_prints_nothing_and_the_verb_prints_config_and_summary(tmp_path, capsys):
+    cfg = RecordConfig(preset="debug", episodes=1, num_envs=1, max_episode_steps=5, out=str(tmp_path / "lib"))
+    out = record_episodes(cfg)
+    assert capsys.readouterr().out == "" and len(Dataset.open(out)) == 1
+    cfg = RecordConfig(preset="debug", episodes=1, num_envs=1, max_episode_steps=5, out=str(tmp_path / "verb"))
+    record(cfg)
+    printed = capsys.readouterr().out
+    config = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])
+    assert config["out"] == cfg.out and config["resolved_preset"]["env_id"] == "ALE/Breakout-v5"
+    assert printed.rstrip().endswith(f"recorded 1 episodes to {cfg.out}  (next: simulacra data info {cfg.out})")
+    lib, verb = Dataset.open(out), Dataset.open(cfg.out)  # the same episode either way
+    np.testing.assert_array_equal(lib.frames(0), verb.frames(0))

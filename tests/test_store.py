@@ -9,7 +9,9 @@ from conftest import make_synthetic
 from simulacra.cli import main
 from simulacra.data.store import INFO, MANIFEST, Dataset, DatasetWriter, encode_episode
 from simulacra.data.verify import repair_dataset
-from simulacra.errors import DatasetError
+from simulacra.data.windows import WindowDataset
+from simulacra.errors import DatasetError, SimulacraError
+from simulacra.spaces import ActionSpace
 
 
 def test_round_trip_is_lossless(synthetic):
@@ -168,3 +170,48 @@ def test_frame_shape_mismatch(synthetic):
     root, _ = synthetic
     with pytest.raises(DatasetError, match="frames are"):
         DatasetWriter(root).add_episode(np.zeros((2, 8, 8, 3), np.uint8), [1], [0.0], [True], [False])
+
+
+def test_actions_are_checked_with_one_line_each(synthetic):
+    root, _ = synthetic
+    w = DatasetWriter(root)
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    zeros, no = np.zeros(3), np.zeros(3, bool)
+    for bad, says in [
+        (np.array([0, 2.7, 1]), "action 2.7 at index 1 is outside the action space Discrete(4)"),
+        (np.array([True, False, True]), "must be numbers"),
+        (np.array([0, np.nan, 1]), "nan at index 1"),
+        (np.zeros((3, 1)), "expected actions of shape (3,)"),
+        (np.array([0, 1]), "episode has 3 steps but 2 values of 'action'"),
+    ]:
+        with pytest.raises(DatasetError) as e:
+            w.add_episode(frames, bad, zeros, no, no)
+        assert says in str(e.value) and "\n" not in str(e.value)
+    assert w.add_episode(frames, np.array([0.0, 1.0, 3.0]), zeros, no, no).length == 3  # integral floats are fine
+    np.testing.assert_array_equal(Dataset.open(root).arrays(3)["action"], [0, 1, 3])
+    assert Dataset.open(root).arrays(3)["action"].dtype == np.int64
+
+
+def test_info_holds_the_action_space_canonically(tmp_path):
+    w = DatasetWriter(tmp_path / "d", {"frame_shape": [16, 16, 3], "action_space": {"type": "discrete", "n": 3}})
+    assert w.info["action_space"] == {"type": "discrete", "n": 3, "start": 0}
+    ds = Dataset.open(tmp_path / "d")
+    assert ds.info["action_space"] == {"type": "discrete", "n": 3, "start": 0}
+    assert ds.action_space == ActionSpace.discrete(3)
+
+
+def test_multi_discrete_data_set_is_refused_with_one_line(synthetic, tmp_path, capsys):
+    root, _ = synthetic
+    info = json.loads((root / INFO).read_text())
+    info["action_space"] = {"type": "multi_discrete", "nvec": [3, 3]}
+    (root / INFO).write_text(json.dumps(info))
+    ds = Dataset.open(root)  # still opens: info, verify and view work on it
+    assert len(ds) == 3
+    with pytest.raises(DatasetError) as e:
+        _ = ds.action_space
+    assert "\n" not in str(e.value) and "MultiDiscrete" in str(e.value) and "info.json" in str(e.value)
+    with pytest.raises(DatasetError, match="MultiDiscrete"):  # training stops before it starts
+        WindowDataset(ds, num_steps=4)
+    with pytest.raises(SimulacraError, match="MultiDiscrete"):  # nor can one be created
+        DatasetWriter(tmp_path / "new", {"frame_shape": [16, 16, 3], "action_space": info["action_space"]})
+    assert not (tmp_path / "new" / INFO).exists()

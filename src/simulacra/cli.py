@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -37,51 +38,36 @@ def _usage() -> str:
     return USAGE.format(planned=planned, presets=", ".join(PRESETS))
 
 
-def _record(args: list[str]) -> None:
-    from simulacra.data.record import RecordConfig, record
-
-    cfg = tyro.cli(RecordConfig, args=args, prog="simulacra record")
-    out = record(cfg)
-    print(f"recorded {cfg.episodes} episodes to {out}  (next: simulacra data info {out})")
-
-
-def _train(args: list[str]) -> None:
-    from simulacra.train import TrainConfig, train
-
-    cfg = tyro.cli(TrainConfig, args=args, prog="simulacra train")
-    train(cfg)
-
-
-def _eval(args: list[str]) -> None:
-    from simulacra.eval import EvalConfig, evaluate
-
-    cfg = tyro.cli(EvalConfig, args=args, prog="simulacra eval")
-    evaluate(cfg)
+# verb -> (module, config class, function): each verb is its typed config plus one function in one module;
+# the function prints what the user sees; an int it returns is the exit code (the others return their result)
+VERB_TABLE = {
+    "record": ("simulacra.data.record", "RecordConfig", "record"),
+    "train": ("simulacra.train", "TrainConfig", "train"),
+    "eval": ("simulacra.eval", "EvalConfig", "evaluate"),
+    "export": ("simulacra.export", "ExportConfig", "export_command"),
+    "data info": ("simulacra.data.commands", "InfoConfig", "info"),
+    "data view": ("simulacra.data.commands", "ViewConfig", "view"),
+    "data verify": ("simulacra.data.commands", "VerifyConfig", "verify"),
+    "data import": ("simulacra.data.commands", "ImportConfig", "import_"),
+    "data export": ("simulacra.data.commands", "ExportConfig", "export"),
+}
+DATA_SUBVERBS = [v.split()[1] for v in VERB_TABLE if v.startswith("data ")]
 
 
-def _export(args: list[str]) -> None:
-    from simulacra.export import ExportConfig, export_command
-
-    export_command(tyro.cli(ExportConfig, args=args, prog="simulacra export"))
+def _run(verb: str, args: list[str]) -> None:
+    module, config, function = VERB_TABLE[verb]
+    mod = importlib.import_module(module)
+    cfg = tyro.cli(getattr(mod, config), args=args, prog=f"simulacra {verb}")
+    result = getattr(mod, function)(cfg)
+    if type(result) is int and result:
+        sys.exit(result)
 
 
 def _data(args: list[str]) -> None:
-    from simulacra.data import commands
-
-    sub = {
-        "info": (commands.InfoConfig, commands.info),
-        "view": (commands.ViewConfig, commands.view),
-        "verify": (commands.VerifyConfig, commands.verify),
-        "import": (commands.ImportConfig, commands.import_),
-        "export": (commands.ExportConfig, commands.export),
-    }
-    if not args or args[0] not in sub:
-        print("usage: simulacra data {info,view,verify,import,export} [options]", file=sys.stderr)
+    if not args or args[0] not in DATA_SUBVERBS:
+        print(f"usage: simulacra data {{{','.join(DATA_SUBVERBS)}}} [options]", file=sys.stderr)
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
-    cls, fn = sub[args[0]]
-    cfg = tyro.cli(cls, args=args[1:], prog=f"simulacra data {args[0]}")
-    code = fn(cfg)
-    sys.exit(code or 0)
+    _run(f"data {args[0]}", args[1:])
 
 
 def _planned(verb: str) -> Callable[[list[str]], None]:
@@ -92,13 +78,11 @@ def _planned(verb: str) -> Callable[[list[str]], None]:
     return run
 
 
-VERBS: dict[str, Callable[[list[str]], None]] = {
-    "record": _record,
-    "data": _data,
-    "train": _train,
-    "eval": _eval,
-    "export": _export,
-} | {v: _planned(v) for v in PLANNED}
+VERBS: dict[str, Callable[[list[str]], None]] = (
+    {v: (lambda args, v=v: _run(v, args)) for v in VERB_TABLE if " " not in v}
+    | {"data": _data}
+    | {v: _planned(v) for v in PLANNED}
+)
 
 
 class _StdoutLines(logging.Handler):

@@ -88,6 +88,17 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     fsync_dir(path.parent)
 
 
+def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move a finished temp file (written by someone else, e.g. an exporter) into place, durably."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
 def atomic_save_tensors(tensors: dict, path: str | os.PathLike) -> None:
     """safetensors file, written atomically."""
     from safetensors.torch import save

@@ -125,7 +125,8 @@ class ActionSpace:
         if self.kind == "discrete":
             return f"Discrete({self.n}" + (f", start={self.start})" if self.start else ")")
         if self.kind == "box":
-            return f"Box({list(self.low)}, {list(self.high)}, shape={self.shape})"
+            short = lambda v: [float(f"{x:.7g}") for x in v]  # noqa: E731  (float32 digits, not float64 noise)
+            return f"Box({short(self.low)}, {short(self.high)}, shape={self.shape})"
         return "no actions"
 
     # ---- what an action looks like -----------------------------------------------------------------
@@ -166,7 +167,10 @@ class ActionSpace:
         lead = a.shape[: a.ndim - len(ev)]
         if batch_shape is not None and lead != tuple(batch_shape):
             raise ActionSpaceError(f"expected {what}s of shape {(*batch_shape, *ev)}, got {a.shape}")
-        flat = a.reshape(int(np.prod(lead)), -1).astype(np.float64)
+        rows = a.reshape(int(np.prod(lead)), int(np.prod(ev)))  # explicit sizes: an empty batch reshapes too
+        # Box actions are checked as they will be stored (float32), so a float64 action that rounds onto a
+        # float32 bound is inside; discrete ones as given, so 2.7 is not silently taken for 2
+        flat = rows.astype(np.float64) if self.kind == "discrete" else rows.astype(np.float32).astype(np.float64)
         if self.kind == "discrete":
             bad = ~np.isfinite(flat).all(1) | (flat != np.round(flat)).any(1)
             bad |= (flat < self.start).any(1) | (flat >= self.start + self.n).any(1)
@@ -175,8 +179,9 @@ class ActionSpace:
             bad = ~np.isfinite(flat).all(1) | (flat < low - TOLERANCE).any(1) | (flat > high + TOLERANCE).any(1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            where = f" at index {np.unravel_index(i, lead)}" if lead else ""
-            raise ActionSpaceError(f"{what} {_show(flat[i].reshape(ev))}{where} is outside the action space {self}")
+            idx = tuple(int(j) for j in np.unravel_index(i, lead))
+            where = f" at index {idx[0] if len(idx) == 1 else idx}" if lead else ""
+            raise ActionSpaceError(f"{what} {_show(rows[i].reshape(ev))}{where} is outside the action space {self}")
         return a.astype(self.dtype)
 
     def sample(self, rng: np.random.Generator, batch_shape: tuple[int, ...] = ()) -> np.ndarray:

@@ -10,21 +10,17 @@ from typing import Literal
 import numpy as np
 from tyro.conf import Positional
 
+from simulacra import layout
 from simulacra.data.store import Dataset
 from simulacra.errors import DatasetError, SimulacraError
 
-DATASETS_DIR = Path("datasets")
 
-
-def resolve_dataset(path: str | None) -> str:
-    """The given path, or the most recently written data set under ./datasets."""
-    if path:
-        return path
-    found = sorted(DATASETS_DIR.glob("*/episodes.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SimulacraError("no data set given and none under ./datasets; record one with `simulacra record`")
-    print(f"(using the most recent data set: {found[-1].parent})")
-    return str(found[-1].parent)
+def _dataset(path: str | None) -> str:
+    """The given data set, or the most recent under ./datasets (saying which)."""
+    root, guessed = layout.resolve_dataset(path)
+    if guessed:
+        print(f"(using the most recent data set: {root})")
+    return root
 
 
 @dataclass
@@ -64,7 +60,7 @@ def _summary(ds: Dataset) -> dict:
 
 
 def info(cfg: InfoConfig) -> int:
-    ds = Dataset.open(resolve_dataset(cfg.path))
+    ds = Dataset.open(_dataset(cfg.path))
     s = _summary(ds)
     if cfg.json:
         print(json.dumps(s, indent=2))
@@ -106,7 +102,7 @@ class ViewConfig:
 def view(cfg: ViewConfig) -> int:
     from simulacra.data.video import write_episode_grid
 
-    root = resolve_dataset(cfg.path)
+    root = _dataset(cfg.path)
     ds = Dataset.open(root)
     if not len(ds):
         raise DatasetError(f"{root}: has no complete episodes to show")
@@ -132,7 +128,7 @@ class VerifyConfig:
 def verify(cfg: VerifyConfig) -> int:
     from simulacra.data.verify import repair_dataset
 
-    root = resolve_dataset(cfg.path)
+    root = _dataset(cfg.path)
     report = repair_dataset(root) if cfg.repair else Dataset.open(root).verify()
     if cfg.json:
         print(json.dumps(report, indent=2))
@@ -170,7 +166,7 @@ class ImportConfig:
 def import_(cfg: ImportConfig) -> int:
     from simulacra.data import interop
 
-    out = cfg.out or f"datasets/{Path(cfg.source.rstrip('/')).name}"
+    out = cfg.out or str(layout.DATASETS_DIR / Path(cfg.source.rstrip("/")).name)
     if (Path(out) / "info.json").exists() and not cfg.overwrite:
         raise SimulacraError(f"{out} already holds a data set; pass --overwrite to replace it or --out elsewhere")
     ds = interop.IMPORTERS[cfg.format](
@@ -199,7 +195,7 @@ class ExportConfig:
 def export(cfg: ExportConfig) -> int:
     from simulacra.data import interop
 
-    root = resolve_dataset(cfg.path)
+    root = _dataset(cfg.path)
     interop.EXPORTERS[cfg.format](Dataset.open(root), cfg.out, video=cfg.video, overwrite=cfg.overwrite)
     print(f"exported {root} to {cfg.out} ({cfg.format})")
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from simulacra.errors import SimulacraError
+from simulacra.spaces import ActionSpace
 
 # Importing these registers their env ids with Gymnasium; each is optional.
 _ENV_PACKAGES = {
@@ -91,6 +92,7 @@ class FrameEnv(gym.Wrapper):
         super().__init__(env)
         self.size = size
         self.source = find_frame_source(env, frame_source)
+        self.space = ActionSpace.from_gym(env.action_space)  # one line for a space simulacra cannot learn
         self.observation_space = gym.spaces.Box(0, 255, (*size, 3), np.uint8)
         self.policy = policy
 
@@ -112,8 +114,7 @@ class FrameEnv(gym.Wrapper):
         return self._frame(obs), info
 
     def step(self, action):
-        if not self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)):
-            raise SimulacraError(f"action {action!r} is outside the action space {self.action_space}")
+        self.space.validate(action)  # a one-line error before the env sees an action it cannot take
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self._frame(obs), reward, terminated, truncated, info
 

@@ -11,15 +11,8 @@ import math
 import gymnasium as gym
 import numpy as np
 
-
-def sample_action(space: gym.Space, rng: np.random.Generator):
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.start + rng.integers(space.n))
-    if isinstance(space, gym.spaces.Box):
-        return rng.uniform(space.low, space.high).astype(space.dtype)
-    if isinstance(space, gym.spaces.MultiDiscrete):
-        return (rng.random(space.nvec.shape) * space.nvec).astype(np.int64)
-    raise TypeError(f"cannot sample from {space}")
+from simulacra.errors import SimulacraError
+from simulacra.spaces import ActionSpace
 
 
 class Policy:
@@ -48,16 +41,18 @@ class RandomPolicy(Policy):
     def reset(self, seed, env):
         super().reset(seed, env)
         self.prev = None
+        self.space = ActionSpace.from_gym(env.action_space)
+        if self.p is not None and self.space.n != len(self.p):  # n is 0 unless the space is discrete
+            raise SimulacraError(f"{len(self.p)} action weights do not fit the action space {self.space}")
 
     def act(self, env):
         if self.prev is None or self.rng.random() > self.sticky:
-            space = env.action_space
+            space = self.space
             if self.p is not None:
-                if not isinstance(space, gym.spaces.Discrete) or space.n != len(self.p):
-                    raise ValueError(f"{len(self.p)} action weights do not fit the action space {space}")
                 self.prev = int(space.start + self.rng.choice(space.n, p=self.p))
             else:
-                self.prev = sample_action(space, self.rng)
+                a = space.sample(self.rng)
+                self.prev = int(a) if a.ndim == 0 else a  # a plain int for discrete spaces, as envs expect
         return self.prev
 
 
@@ -65,9 +60,9 @@ class CarRacingPolicy(Policy):
     """Drives along the track at a varied speed and lateral offset, with random swerves and stops.
 
     Random actions never leave the start (the car barely moves); this covers straights, turns,
-    grass excursions and varied speeds. Discrete actions (gymnasium car_racing.py, checked by
-    driving): 0 noop, 1 steer RIGHT, 2 steer LEFT, 3 gas, 4 brake. Only one at a time, so the car
-    steers when off heading and accelerates otherwise.
+    grass excursions and varied speeds. Discrete actions, as gymnasium's car_racing.py applies them
+    (so 1 turns the car right): 0 noop, 1 steer RIGHT, 2 steer LEFT, 3 gas, 4 brake. Only one at a
+    time, so the car steers when off heading and accelerates otherwise.
     """
 
     name = "carracing"
@@ -211,8 +206,8 @@ class PushTPolicy(Policy):
 class TakeCoverPolicy(RandomPolicy):
     """ViZDoom Take Cover: random sticky moves, overridden when they would walk into a fireball.
 
-    Random moves die within a few seconds (about 90 steps), before the later, busier part of the
-    game where more imps spawn. This reads the fireballs' positions and velocities (the env needs
+    Random moves die early, before the later, busier part of the game where more imps spawn, so a
+    world model would rarely see it. This reads the fireballs' positions and velocities (the env needs
     ``objects_info_enabled=True``), predicts where each crosses the player's line and, if the random
     move would be there then, takes the move that keeps the most clearance. With probability
     ``lapse`` per step it ignores the fireballs, so hits and deaths still happen.

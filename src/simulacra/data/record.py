@@ -1,4 +1,8 @@
-"""`simulacra record`: run a real env (several processes at once) and store every step.
+"""Recording: run a real env (several processes at once) and store every step.
+
+``record_episodes(cfg)`` is the library call: it records and returns the data set's folder, printing
+nothing (an optional progress bar aside). ``record(cfg)`` is the `simulacra record` verb around it: it
+prints the resolved config and a summary.
 
 Episode k is reset with seed ``seed + k`` and its exploration policy is seeded from the same number,
 so an episode's content depends only on (seed, k), not on how many env processes ran. Envs step in
@@ -9,6 +13,7 @@ crash loses only the episodes still in progress.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -18,12 +23,15 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from simulacra import __version__
+from simulacra import __version__, layout
 from simulacra.data.envs import make_env
 from simulacra.data.policies import make_policy
-from simulacra.data.store import DatasetWriter, action_space_to_json
+from simulacra.data.store import DatasetWriter
 from simulacra.errors import SimulacraError
 from simulacra.presets import WorldPreset, get_preset
+from simulacra.spaces import ActionSpace
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,22 +90,27 @@ def _make(p: WorldPreset):
     )
 
 
-def record(cfg: RecordConfig) -> Path:
+def _prepare(cfg: RecordConfig) -> tuple[WorldPreset, Path, ActionSpace]:
+    """Everything that can fail before a file is written: the options, the output folder, the env itself."""
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise SimulacraError("--episodes and --num-envs must be at least 1")
     p = resolve_preset(cfg)
-    out = Path(cfg.out or f"datasets/{p.name}")
+    out = Path(cfg.out or layout.DATASETS_DIR / p.name)
     if (out / "info.json").exists() and not cfg.overwrite:
         raise SimulacraError(f"{out} already holds a data set; pass --overwrite to replace it or --out elsewhere")
-    probe = _make(p)  # fails here, in this process, with a clear message if the env is unusable
+    probe = _make(p)  # fails here, in this process, with one line if the env (or its action space) is unusable
     try:
         probe.reset(seed=cfg.seed)  # a first frame must come out before anything is written
-        action_space = probe.action_space
+        space = probe.space
     finally:
         probe.close()
+    return p, out, space
+
+
+def _write(cfg: RecordConfig, p: WorldPreset, out: Path, space: ActionSpace, progress: bool) -> Path:
     info = {
         "frame_shape": [p.resolution, p.resolution, 3],
-        "action_space": action_space_to_json(action_space),
+        "action_space": space.to_json(),
         "env_id": p.env_id,
         "preset": p.name,
         "preset_config": p.to_dict(),
@@ -107,28 +120,46 @@ def record(cfg: RecordConfig) -> Path:
         "simulacra_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    print("record config:", json.dumps({**asdict(cfg), "resolved_preset": p.to_dict()}, indent=2))
     writer = DatasetWriter(out, info, overwrite=cfg.overwrite)
     n = min(cfg.num_envs, cfg.episodes)
     thunks = [partial(_make, p)] * n
     kw = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
     envs = gym.vector.SyncVectorEnv(thunks, **kw) if n == 1 else gym.vector.AsyncVectorEnv(thunks, **kw)
-    discrete = isinstance(action_space, gym.spaces.Discrete)
     try:
-        _run(envs, writer, cfg, p, discrete)
+        _run(envs, writer, cfg, p, space, progress)
     finally:
         envs.close()
     return out
 
 
-def _run(envs, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, discrete: bool) -> None:
+def record_episodes(cfg: RecordConfig, progress: bool = False) -> Path:
+    """Record ``cfg.episodes`` episodes into ``cfg.out`` (default datasets/<preset>) and return that folder.
+
+    Prints nothing; ``progress`` shows a tqdm bar on stderr. One-line SimulacraError, before anything is
+    written, for bad options, an existing data set (without ``overwrite``) or an env simulacra cannot use
+    (no pictures, a MultiDiscrete action space).
+    """
+    p, out, space = _prepare(cfg)
+    return _write(cfg, p, out, space, progress)
+
+
+def record(cfg: RecordConfig) -> Path:
+    """The `simulacra record` verb: record_episodes with the resolved config, a progress bar and a summary."""
+    p, out, space = _prepare(cfg)
+    print("record config:", json.dumps({**asdict(cfg), "resolved_preset": p.to_dict()}, indent=2))
+    out = _write(cfg, p, out, space, progress=True)
+    print(f"recorded {cfg.episodes} episodes to {out}  (next: simulacra data info {out})")
+    return out
+
+
+def _run(envs, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, space: ActionSpace, progress: bool) -> None:
     n = envs.num_envs
     episode_of = list(range(n))  # which episode k each env is playing (>= episodes: a discarded filler)
     next_k = n
     obs, _ = envs.reset(seed=[cfg.seed + k for k in episode_of])
     bufs = [_new_buffer(obs[i]) for i in range(n)]
     done_count = 0
-    bar = tqdm(total=cfg.episodes, unit="ep", desc=f"record {p.name}", dynamic_ncols=True)
+    bar = tqdm(total=cfg.episodes, unit="ep", desc=f"record {p.name}", dynamic_ncols=True, disable=not progress)
     steps = 0
     while done_count < cfg.episodes:
         actions = np.stack([np.asarray(a) for a in envs.call("explore_action")])
@@ -147,9 +178,9 @@ def _run(envs, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, discret
                 continue
             k = episode_of[i]
             if k < cfg.episodes:
-                writer.add_episode(
+                ep = writer.add_episode(
                     np.stack(b["frames"]),
-                    np.asarray(b["actions"], np.int64 if discrete else np.float32),
+                    np.asarray(b["actions"], space.dtype),
                     b["rewards"],
                     b["terminated"],
                     b["truncated"],
@@ -159,6 +190,7 @@ def _run(envs, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, discret
                     policy=p.policy,
                     source="record",
                 )
+                log.debug("episode %d (seed %d): %d steps, return %.2f", k, cfg.seed + k, ep.length, ep.ret)
                 done_count += 1
                 bar.update(1)
             episode_of[i] = next_k

@@ -15,8 +15,8 @@ blocks of ``block_frames`` so a training window decompresses only the blocks it 
 zstd frame carries its own checksum, so a flipped bit fails loudly at read time. The header repeats
 the episode's metadata, so a shard whose manifest line was lost in a crash can be re-registered.
 
-Crash safety: a shard is written to a temp name, fsynced and renamed; only then is its manifest
-line appended and fsynced. SIGKILL at any point loses at most the episodes still being written.
+Crash safety: a shard is written with :func:`simulacra.layout.atomic_write` (temp name, fsync, rename);
+only then is its manifest line appended and fsynced. SIGKILL at any point loses at most the episodes still being written.
 Shards are read through fsspec (``cat_file`` ranges), so a data set can live on an object store.
 """
 
@@ -29,6 +29,7 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,14 @@ import numpy as np
 import zstandard
 
 from simulacra.errors import DatasetError
+from simulacra.layout import atomic_write
+from simulacra.spaces import ActionSpace, ActionSpaceError
 
 FORMAT = "simulacra.dataset"
 FORMAT_VERSION = 1
 MAGIC = b"SIMEP\x00v1"
 MANIFEST = "episodes.jsonl"
 INFO = "info.json"
-TMP_PREFIX = ".tmp-"
 STEP_ARRAYS = ("action", "reward", "terminated", "truncated")
 
 
@@ -75,25 +77,6 @@ class EpisodeMeta:
 
 def file_checksum(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp name, fsync, rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def encode_episode(
@@ -165,6 +148,9 @@ class DatasetWriter:
                 p.unlink()
         if info is None:
             raise DatasetError(f"{self.root}: no data set here and no info to create one")
+        info = dict(info)
+        if "action_space" in info:  # refuse an unusable space before anything is written; store it canonically
+            info["action_space"] = ActionSpace.from_json(info["action_space"]).to_json()
         self.root.mkdir(parents=True, exist_ok=True)
         self.info = {"format": FORMAT, "format_version": FORMAT_VERSION, "block_frames": block_frames, **info}
         atomic_write(self.root / INFO, json.dumps(self.info, indent=2).encode())
@@ -199,10 +185,16 @@ class DatasetWriter:
             "truncated": np.asarray(truncated, bool),
         }
         if actions is not None:
-            arrays["action"] = validate_actions(self.info.get("action_space", {"type": "none"}), actions)
+            arrays["action"] = np.asarray(actions)
         for name, arr in arrays.items():
-            if len(arr) != steps:
-                raise DatasetError(f"episode has {steps} steps but {len(arr)} values of {name!r}")
+            if (len(arr) if arr.ndim else 1) != steps:
+                raise DatasetError(f"episode has {steps} steps but {len(arr) if arr.ndim else 1} values of {name!r}")
+        if actions is not None:
+            try:
+                space = ActionSpace.from_json(self.info.get("action_space"))
+                arrays["action"] = space.validate(arrays["action"], batch_shape=(steps,))
+            except ActionSpaceError as e:
+                raise DatasetError(str(e)) from None
         index = self.next_index
         rel = f"data/chunk-{index // 1000:03d}/episode_{index:06d}.sep"
         meta = {
@@ -282,6 +274,14 @@ class Dataset:
     @property
     def num_frames(self) -> int:
         return sum(e.length + 1 for e in self.episodes)
+
+    @cached_property
+    def action_space(self) -> ActionSpace:
+        """The data set's action space; a one-line DatasetError if it is one simulacra cannot learn from."""
+        try:
+            return ActionSpace.from_json(self.info.get("action_space"))
+        except ActionSpaceError as e:
+            raise DatasetError(f"{self.root}/{INFO}: {e}") from None
 
     def _path(self, i: int) -> str:
         return f"{self.root}/{self.episodes[i].file}"
@@ -363,71 +363,3 @@ class Dataset:
         from simulacra.data.verify import verify_dataset
 
         return verify_dataset(self)
-
-
-def validate_actions(space: dict, actions) -> np.ndarray:
-    """Actions as the stored dtype; DatasetError naming the first one outside the action space."""
-    kind = space["type"]
-    if kind == "discrete":
-        a = np.asarray(actions)
-        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer) and not np.all(a == np.round(a))):
-            raise DatasetError(f"discrete actions must be a 1-D array of integers, got shape {a.shape} {a.dtype}")
-        a = a.astype(np.int64)
-        lo, hi = space.get("start", 0), space.get("start", 0) + space["n"]
-        bad = np.flatnonzero((a < lo) | (a >= hi))
-    elif kind == "box":
-        a = np.asarray(actions, np.float32)
-        shape = tuple(space["shape"])
-        if a.shape[1:] != shape:
-            raise DatasetError(f"actions have shape {a.shape[1:]} per step, action space expects {shape}")
-        low, high = np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
-        flat = a.reshape(len(a), -1)
-        bad = np.flatnonzero(
-            ~np.isfinite(flat).all(1) | (flat < low.ravel() - 1e-5).any(1) | (flat > high.ravel() + 1e-5).any(1)
-        )
-    elif kind == "multi_discrete":
-        a = np.asarray(actions).astype(np.int64)
-        bad = np.flatnonzero(((a < 0) | (a >= np.asarray(space["nvec"]))).reshape(len(a), -1).any(1))
-    else:
-        raise DatasetError("this data set is action-free; it cannot store actions")
-    if len(bad):
-        raise DatasetError(f"action {a[bad[0]].tolist()!r} at step {bad[0]} is outside the action space {space}")
-    return a
-
-
-def action_space_to_json(space) -> dict:
-    """Describe a Gymnasium action space as JSON (None for action-free data)."""
-    import gymnasium as gym
-
-    if space is None:
-        return {"type": "none"}
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, gym.spaces.Box):
-        return {
-            "type": "box",
-            "shape": list(space.shape),
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
-            "dtype": str(space.dtype),
-        }
-    if isinstance(space, gym.spaces.MultiDiscrete):
-        return {"type": "multi_discrete", "nvec": space.nvec.tolist()}
-    raise DatasetError(f"action space {space} is not supported (Discrete, Box and MultiDiscrete are)")
-
-
-def action_space_from_json(d: dict):
-    import gymnasium as gym
-
-    kind = d["type"]
-    if kind == "none":
-        return None
-    if kind == "discrete":
-        return gym.spaces.Discrete(d["n"], start=d.get("start", 0))
-    if kind == "box":
-        return gym.spaces.Box(
-            np.array(d["low"], np.float32), np.array(d["high"], np.float32), dtype=np.dtype(d["dtype"])
-        )
-    if kind == "multi_discrete":
-        return gym.spaces.MultiDiscrete(d["nvec"])
-    raise DatasetError(f"unknown action space type {kind!r}")

@@ -5,16 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from simulacra.data.store import (
-    MANIFEST,
-    TMP_PREFIX,
-    Dataset,
-    EpisodeMeta,
-    atomic_write,
-    file_checksum,
-    parse_header,
-)
+from simulacra.data.store import MANIFEST, Dataset, EpisodeMeta, file_checksum, parse_header
 from simulacra.errors import DatasetError
+from simulacra.layout import TMP_PREFIX, atomic_write
 
 
 def _registered(ds: Dataset) -> set[str]:

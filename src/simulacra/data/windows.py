@@ -18,8 +18,8 @@ from simulacra.errors import DatasetError
 class WindowDataset(torch.utils.data.Dataset):
     """Map-style dataset over every valid (episode, start) window of a :class:`Dataset`.
 
-    Items are dicts of tensors: ``frames`` uint8 (T+1, C, H, W), ``action`` (T,) int64 or (T, D)
-    float32, ``reward`` (T,) float32, ``terminated``/``truncated`` (T,) bool, ``has_action`` bool,
+    Items are dicts of tensors: ``frames`` uint8 (T+1, C, H, W), ``action`` (T,) int64 (discrete or
+    action-free) or (T, *shape) float32 (Box), ``reward`` (T,) float32, ``terminated``/``truncated`` (T,) bool, ``has_action`` bool,
     ``episode``/``start`` int64. Episodes shorter than T steps yield no window.
     """
 
@@ -27,15 +27,13 @@ class WindowDataset(torch.utils.data.Dataset):
         if num_steps < 1:
             raise ValueError("num_steps must be >= 1")
         self.ds, self.num_steps = ds, num_steps
+        self.space = ds.action_space  # a data set whose actions no model can encode stops here, with one line
         episodes = range(len(ds)) if episodes is None else episodes
         starts = [(i, s) for i in episodes for s in range(0, ds.episodes[i].length - num_steps + 1, stride)]
         if not starts:
             longest = max((ds.episodes[i].length for i in episodes), default=0)
             raise DatasetError(f"{ds.root}: no episode has {num_steps} steps (longest has {longest})")
         self.index_NE = np.array(starts, dtype=np.int64)
-        space = ds.info.get("action_space", {"type": "none"})
-        self._action_dim = len(space.get("shape", [])) and int(np.prod(space["shape"]))
-        self._discrete = space["type"] in ("discrete", "none")
 
     def __len__(self) -> int:
         return len(self.index_NE)
@@ -46,14 +44,14 @@ class WindowDataset(torch.utils.data.Dataset):
         frames_THWC = self.ds.frames(i, s, s + T + 1)
         arrays = self.ds.arrays(i)
         if "action" in arrays:
-            action = torch.from_numpy(np.array(arrays["action"][s : s + T]))
+            action = np.array(arrays["action"][s : s + T], self.space.dtype)
             has_action = True
         else:  # action-free video: a later latent-action model fills these in
-            action = torch.zeros((T,) if self._discrete else (T, self._action_dim))
+            action = self.space.zeros((T,))
             has_action = False
         return {
             "frames": torch.from_numpy(np.ascontiguousarray(frames_THWC.transpose(0, 3, 1, 2))),
-            "action": action.long() if self._discrete else action.float(),
+            "action": torch.from_numpy(action),
             "reward": torch.from_numpy(np.array(arrays["reward"][s : s + T])),
             "terminated": torch.from_numpy(np.array(arrays["terminated"][s : s + T])),
             "truncated": torch.from_numpy(np.array(arrays["truncated"][s : s + T])),

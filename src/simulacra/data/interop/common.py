@@ -1,5 +1,5 @@
 """What every importer shares: a staging directory that only becomes the output once complete, a writer
-that is created when the first frame shows the frame size, and action-space inference."""
+that is created when the first frame shows the frame size, and inferring an action space from the actions."""
 
 from __future__ import annotations
 
@@ -16,8 +16,20 @@ from simulacra import __version__
 from simulacra.data.envs import to_rgb
 from simulacra.data.store import INFO, DatasetWriter
 from simulacra.errors import DatasetError, SimulacraError
+from simulacra.layout import fsync_dir
+from simulacra.spaces import ActionSpace
 
-NO_ACTIONS = {"type": "none"}
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk, so the rename that publishes it is durable."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
 
 
 @contextmanager
@@ -25,7 +37,8 @@ def staged_dir(out: str | os.PathLike, overwrite: bool, marker: str, what: str) 
     """Yield a hidden sibling directory to write into; it replaces ``out`` only if the body succeeds.
 
     On any failure the staging directory is deleted, so nothing half-written is left behind that looks
-    like a complete data set. ``marker`` is the file that proves an existing ``out`` is a ``what`` and
+    like a complete data set. Its files are fsynced before the rename, so a crash right after it cannot
+    leave a complete-looking folder of empty files. ``marker`` is the file that proves an existing ``out`` is a ``what`` and
     may be replaced with ``overwrite``; any other non-empty directory is never deleted.
     """
     out = Path(out)
@@ -46,9 +59,11 @@ def staged_dir(out: str | os.PathLike, overwrite: bool, marker: str, what: str) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_tree(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+    fsync_dir(out.parent)
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -97,9 +112,9 @@ class LazyWriter:
             raise DatasetError(f"{self.root}: import produced no data set")
 
 
-def base_info(fmt: str, source: str, action_space: dict, fps: float | None, **extra) -> dict:
+def base_info(fmt: str, source: str, action_space: ActionSpace, fps: float | None, **extra) -> dict:
     return {
-        "action_space": action_space,
+        "action_space": action_space.to_json(),
         "env_id": None,
         "preset": None,
         "fps": int(round(fps)) if fps else 15,
@@ -110,11 +125,11 @@ def base_info(fmt: str, source: str, action_space: dict, fps: float | None, **ex
     }
 
 
-def infer_action_space(actions: Sequence[np.ndarray], declared_n: int | None = None) -> dict:
+def infer_action_space(actions: Sequence[np.ndarray], declared_n: int | None = None) -> ActionSpace:
     """Discrete if every array is integer-valued with one number per step, else Box over the seen range."""
     arrays = [np.asarray(a) for a in actions if a is not None and len(a)]
     if not arrays:
-        return dict(NO_ACTIONS)
+        return ActionSpace.none()
     per_step = {a.shape[1:] for a in arrays}
     if len(per_step) > 1:
         raise DatasetError(f"actions disagree on their shape per step: {sorted(per_step)}")
@@ -127,25 +142,18 @@ def infer_action_space(actions: Sequence[np.ndarray], declared_n: int | None = N
     if integral and shape in ((), (1,)):
         lo, hi = int(flat.min()), int(flat.max())
         start = min(lo, 0)
-        n = max(hi - start + 1, declared_n or 0)
-        return {"type": "discrete", "n": n, "start": start}
-    box_shape = list(shape) or [1]
-    low = flat.min(0).reshape(box_shape).astype(np.float32)
-    high = flat.max(0).reshape(box_shape).astype(np.float32)
-    return {"type": "box", "shape": box_shape, "low": low.tolist(), "high": high.tolist(), "dtype": "float32"}
+        return ActionSpace.discrete(max(hi - start + 1, declared_n or 0), start)
+    box_shape = tuple(shape) or (1,)
+    return ActionSpace.box(flat.min(0).reshape(box_shape), flat.max(0).reshape(box_shape))
 
 
-def shape_actions(space: dict, actions: np.ndarray | None) -> np.ndarray | None:
-    """Actions in the layout the store expects for ``space`` (1-D ints, or (L, *shape) floats)."""
-    if actions is None or space["type"] == "none":
+def shape_actions(space: ActionSpace, actions: np.ndarray | None) -> np.ndarray | None:
+    """Actions laid out as the store expects for ``space``: (L, *shape of one action), e.g. (L, 1) integers
+    become (L,). Values are left alone: the store checks them against the space and converts them."""
+    if actions is None or space.kind == "none":
         return None
     a = np.asarray(actions)
-    if space["type"] == "discrete":
-        if a.ndim > 1 and int(np.prod(a.shape[1:])) == 1:
-            a = a.reshape(len(a))
-        if np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
-            a = a.astype(np.int64)
-        return a
-    if space["type"] == "box":
-        return a.astype(np.float32).reshape(len(a), *space["shape"])
-    return a.astype(np.int64).reshape(len(a), -1)
+    one = int(np.prod(space.event_shape))
+    if a.ndim >= 1 and a.size == len(a) * one:
+        a = a.reshape(len(a), *space.event_shape)
+    return a

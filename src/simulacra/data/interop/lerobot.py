@@ -1,6 +1,6 @@
 """LeRobot dataset v3.0: export a simulacra data set to it; import one (ours or anyone's) from it.
 
-Layout (facts checked against huggingface/lerobot: src/lerobot/datasets/utils.py, lerobot_dataset.py,
+Layout (as defined by huggingface/lerobot: src/lerobot/datasets/utils.py, lerobot_dataset.py,
 compute_stats.py and docs/source/lerobot-dataset-v3.mdx)::
 
     meta/info.json        codebase_version "v3.0", fps, features (dtype/shape/names), path templates
@@ -35,7 +35,6 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from simulacra.data.interop.common import (
-    NO_ACTIONS,
     LazyWriter,
     base_info,
     fit_frame,
@@ -44,8 +43,10 @@ from simulacra.data.interop.common import (
     square,
     staged_dir,
 )
-from simulacra.data.store import INFO, Dataset, atomic_write
+from simulacra.data.store import INFO, Dataset
 from simulacra.errors import DatasetError
+from simulacra.layout import atomic_write
+from simulacra.spaces import ActionSpace, ActionSpaceError
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk directory
@@ -68,7 +69,7 @@ IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 # ---- features and schemas ----------------------------------------------------------------------
-def _features(shape: tuple, space: dict, video: bool, fps: int) -> dict:
+def _features(shape: tuple, space: ActionSpace, video: bool, fps: int) -> dict:
     H, W, C = shape
     image = {"dtype": "video" if video else "image", "shape": [H, W, C], "names": ["height", "width", "channels"]}
     if video:
@@ -83,12 +84,8 @@ def _features(shape: tuple, space: dict, video: bool, fps: int) -> dict:
             "has_audio": False,
         }
     feats = {IMAGE_KEY: image}
-    if space["type"] == "discrete":
-        feats["action"] = {"dtype": "int64", "shape": [1], "names": None}
-    elif space["type"] == "box":
-        feats["action"] = {"dtype": "float32", "shape": [int(np.prod(space["shape"]))], "names": None}
-    elif space["type"] == "multi_discrete":
-        feats["action"] = {"dtype": "int64", "shape": [len(space["nvec"])], "names": None}
+    if space.kind != "none":  # one int64 per step (discrete), or a Box action flattened to float32 numbers
+        feats["action"] = {"dtype": space.dtype.name, "shape": [int(np.prod(space.event_shape))], "names": None}
     feats["next.reward"] = {"dtype": "float32", "shape": [1], "names": None}
     for name in ("next.done", "next.terminated", "next.truncated"):
         feats[name] = {"dtype": "bool", "shape": [1], "names": None}
@@ -254,7 +251,7 @@ def _write_tasks(path: Path, tasks: list[str]) -> None:
 def export_lerobot(ds: Dataset, out: str, video: bool = False, overwrite: bool = False) -> None:
     if not len(ds):
         raise DatasetError(f"{ds.root}: has no complete episodes to export")
-    space = ds.info.get("action_space") or dict(NO_ACTIONS)
+    space = ds.action_space
     fps = int(ds.info.get("fps") or 15)
     feats = _features(ds.frame_shape, space, video, fps)
     schema = _schema(feats)
@@ -296,7 +293,7 @@ def export_lerobot(ds: Dataset, out: str, video: bool = False, overwrite: bool =
             "video_path": VIDEO_PATH if video else None,
             "features": feats,
             "simulacra": {
-                "action_space": space,
+                "action_space": space.to_json(),
                 "frame_shape": list(ds.frame_shape),
                 "row_convention": "row t = frame t, action t, next.* = result of action t; last row: zero action",
                 "info": {k: v for k, v in ds.info.items() if k not in ("format", "format_version", "block_frames")},
@@ -440,27 +437,28 @@ def _decode_image(item: dict, root: Path) -> np.ndarray:
     return np.asarray(img)
 
 
-def _infer_space(root: Path, info: dict, files: list[Path]) -> dict:
+def _infer_space(root: Path, info: dict, files: list[Path]) -> ActionSpace:
+    """Discrete for one integer per step (n from the feature's names when it lists one per action), else a
+    Box over the range of the actions seen, widened to meta/stats.json's min/max when it has them."""
     ft = info["features"]["action"]
     acts = [_np(pq.read_table(f, columns=["action"]), "action") for f in files]
     acts = [a.reshape(len(a), *([int(np.prod(ft["shape"]))] if ft["shape"] else [])) for a in acts if len(a)]
     if not acts:
-        return dict(NO_ACTIONS)
+        return ActionSpace.none()
     integer = np.issubdtype(np.dtype(ft["dtype"]), np.integer)
     if integer and list(ft["shape"]) in ([], [1]):
         names = ft.get("names")
         named = len(names) if isinstance(names, list) and len(names) > 1 else None
         return infer_action_space([a.reshape(-1).astype(np.int64) for a in acts], declared_n=named)
-    space = infer_action_space([a.astype(np.float64) for a in acts])
+    space = infer_action_space([a.astype(np.float64) for a in acts])  # float actions: always a Box
     stats_path = root / "meta/stats.json"
     st = json.loads(stats_path.read_text()).get("action", {}) if stats_path.exists() else {}
-    if space["type"] == "box" and "min" in st and "max" in st:
+    if "min" in st and "max" in st:
         lo, hi = np.asarray(st["min"], np.float32).ravel(), np.asarray(st["max"], np.float32).ravel()
-        if lo.size == np.prod(space["shape"]):
-            space["low"] = np.minimum(np.asarray(space["low"], np.float32).ravel(), lo).reshape(space["shape"]).tolist()
-            space["high"] = (
-                np.maximum(np.asarray(space["high"], np.float32).ravel(), hi).reshape(space["shape"]).tolist()
-            )
+        if lo.size == hi.size == space.dim:
+            low = np.minimum(np.asarray(space.low, np.float32), lo).reshape(space.shape)
+            high = np.maximum(np.asarray(space.high, np.float32), hi).reshape(space.shape)
+            space = ActionSpace.box(low, high)
     return space
 
 
@@ -489,12 +487,15 @@ def import_lerobot(
     if not files:
         raise DatasetError(f"{source}: has no data/**/*.parquet files")
     ours = info.get("simulacra") or {}
-    if ours.get("action_space"):
-        space = ours["action_space"]
-    elif "action" not in feats:
-        space = dict(NO_ACTIONS)
-    else:
-        space = _infer_space(root, info, files)
+    try:
+        if ours.get("action_space"):  # exported by simulacra: the space it was recorded with
+            space = ActionSpace.from_json(ours["action_space"])
+        elif "action" not in feats:
+            space = ActionSpace.none()
+        else:
+            space = _infer_space(root, info, files)
+    except ActionSpaceError as e:
+        raise DatasetError(f"{info_path}: {e}") from None
     episodes = _read_episodes_meta(root, info)
     video = feats[key]["dtype"] == "video"
     reader = _VideoReader(root, info, key, episodes) if video else None
@@ -543,7 +544,7 @@ def _import_episode(writer, sub, frames, space, ep_row, ep, source, file) -> Non
     cols = set(sub.column_names)
     own = json.loads(ep_row["simulacra/meta"]) if ep_row.get("simulacra/meta") else {}
     actions = None
-    if "action" in cols and space["type"] != "none" and own.get("has_actions", True):
+    if "action" in cols and space.kind != "none" and own.get("has_actions", True):
         actions = shape_actions(space, _np(sub, "action")[: n - 1])
     rewards = _np(sub, "next.reward")[: n - 1] if "next.reward" in cols else np.zeros(n - 1, np.float32)
     done = _np(sub, "next.done").astype(bool) if "next.done" in cols else np.zeros(n, bool)

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from simulacra.data.interop.common import (
-    NO_ACTIONS,
     LazyWriter,
     base_info,
     fit_frame,
@@ -30,6 +29,7 @@ from simulacra.data.interop.common import (
 )
 from simulacra.data.store import INFO, Dataset
 from simulacra.errors import DatasetError
+from simulacra.spaces import ActionSpace, ActionSpaceError
 
 
 def _find(source: str) -> Path:
@@ -44,22 +44,23 @@ def _find(source: str) -> Path:
     raise DatasetError(f"{source}: not a Minari data set (no data/metadata.json found)")
 
 
-def space_from_minari(serialized) -> dict | None:
-    """A simulacra action space from minari's serialized Gymnasium space (None if not representable)."""
+def space_from_minari(serialized) -> ActionSpace | None:
+    """The action space minari serialized (its Gymnasium type names), or None if it is unreadable or of a
+    type without a simulacra counterpart: the space is then inferred from the actions. A MultiDiscrete space
+    is refused with one line (ActionSpaceError)."""
     try:
         d = json.loads(serialized) if isinstance(serialized, str) else serialized
         kind = d["type"]
         if kind == "Discrete":
-            return {"type": "discrete", "n": int(d["n"]), "start": int(d.get("start", 0))}
+            return ActionSpace.discrete(int(d["n"]), int(d.get("start", 0)))
         if kind == "Box":
-            shape = list(d["shape"])
-            low = np.broadcast_to(np.asarray(d["low"], np.float32), shape)
-            high = np.broadcast_to(np.asarray(d["high"], np.float32), shape)
-            return {"type": "box", "shape": shape, "low": low.tolist(), "high": high.tolist(), "dtype": "float32"}
-        if kind == "MultiDiscrete":
-            return {"type": "multi_discrete", "nvec": np.asarray(d["nvec"]).astype(int).tolist()}
-    except (ValueError, KeyError, TypeError):
+            return ActionSpace.box(d["low"], d["high"], d["shape"])
+    except (ValueError, KeyError, TypeError, ActionSpaceError):
         return None
+    if kind == "MultiDiscrete":
+        import gymnasium as gym
+
+        return ActionSpace.from_gym(gym.spaces.MultiDiscrete([2]))  # raises: the one line every entry point gives
     return None
 
 
@@ -139,9 +140,12 @@ def import_minari(
             key = None
         if isinstance(f[names[0]]["actions"], h5py.Group):
             raise DatasetError(f"{source}: Dict/Tuple action spaces are not supported")
-        space = space_from_minari(meta.get("action_space")) or infer_action_space(
-            [np.asarray(f[n]["actions"][()]) for n in names]
-        )
+        try:
+            space = space_from_minari(meta.get("action_space"))
+        except ActionSpaceError as e:
+            raise DatasetError(f"{source}: {e}") from None
+        if space is None:
+            space = infer_action_space([np.asarray(f[n]["actions"][()]) for n in names])
         info = base_info(
             "minari", source, space, None, env_id=env_id,
             minari={"dataset_id": meta.get("dataset_id"), "image_key": key, "jpeg_encoding": meta.get("jpeg_encoding")},
@@ -155,7 +159,7 @@ def import_minari(
                 steps = len(ep["rewards"])
                 if len(frames) != steps + 1:
                     raise DatasetError(f"{h5_path} {name}: {len(frames)} observations for {steps} steps (want steps+1)")
-                actions = shape_actions(space, ep["actions"][()]) if space["type"] != NO_ACTIONS["type"] else None
+                actions = shape_actions(space, ep["actions"][()])
                 seed = ep.attrs.get("seed")
                 writer.add(
                     frames, actions, np.asarray(ep["rewards"][()], np.float32), ep["terminations"][()],

@@ -3,8 +3,9 @@
 Each video may have an actions file with the same stem: ``<stem>.actions.npy``, ``<stem>.actions.json``
 (a list) or ``<stem>.actions.csv`` (one row per step, an optional header). A video of N frames needs
 exactly N-1 actions. Videos without one become action-free episodes. The action space comes from an
-optional ``action_space.json`` in the folder (simulacra's JSON, e.g. {"type": "discrete", "n": 4}),
-otherwise from the actions seen: Discrete if all are integers, one per step; Box over their range if not.
+optional ``action_space.json`` in the folder (the action-space JSON of a data set's info.json, described
+in :mod:`simulacra.spaces`), otherwise from the actions seen: Discrete if all are integers, one per step;
+Box over their range if not.
 Rewards are zero; the last step of each episode is truncated (a clip ends, the world does not).
 """
 
@@ -28,6 +29,7 @@ from simulacra.data.interop.common import (
 )
 from simulacra.data.store import INFO, Dataset
 from simulacra.errors import DatasetError
+from simulacra.spaces import ActionSpace, ActionSpaceError
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mkv", ".mov")
 ACTION_SUFFIXES = (".actions.npy", ".actions.json", ".actions.csv")
@@ -115,10 +117,9 @@ def import_videos(
     declared = folder / "action_space.json"
     if declared.exists():
         try:
-            space = json.loads(declared.read_text())
-            space["type"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DatasetError(f"{declared}: not an action space ({e})") from None
+            space = ActionSpace.from_json(json.loads(declared.read_text()))
+        except (ValueError, ActionSpaceError) as e:
+            raise DatasetError(f"{declared}: not a usable action space ({e})") from None
     else:
         space = infer_action_space(list(actions.values()))
     size = square(resolution or DEFAULT_RESOLUTION)
