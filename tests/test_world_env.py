@@ -72,7 +72,9 @@ def test_gymnasium_env_checker_passes(ds, box_ds):
 
 def test_registered_id_makes_a_world_env(ds, tmp_path):
     make_world(DISCRETE).save(tmp_path / "w")
-    env = gym.make("simulacra/World-v0", world=str(tmp_path / "w"), starts=str(ds.root), max_episode_steps=5)
+    env = gym.make(
+        "simulacra.world:simulacra/World-v0", world=str(tmp_path / "w"), starts=str(ds.root), max_episode_steps=5
+    )
     obs, _ = env.reset(seed=0)
     assert obs.shape == (FRAME, FRAME, 3) and isinstance(env.unwrapped, WorldEnv)
     check_env(env.unwrapped)
