@@ -1,31 +1,34 @@
 """Quick open-loop check of a trained world: PSNR per horizon vs copy-last on stored held-out episodes.
 
-The open-loop part of `simulacra eval` alone (about 35 s for a nano world on 2 cores instead of several
-minutes), for comparing training options or inference settings on the same episodes. Inference
-settings of the dynamics config can be overridden, e.g. temperature or sampling_steps.
+The open-loop part of `simulacra eval` alone (no IDM to train, no drift or speed runs, so it takes a
+fraction of the time), for comparing training options or inference settings on the same episodes.
+The inference options of ``World.with_options`` can be overridden: temperature, sampling_steps,
+context_noise.
 
     python benchmarks/open_loop.py RUN [RUN ...] [--data HELDOUT] [--horizon 32] [--set temperature=0.5]
 
---data defaults to RUN/eval/heldout (what `simulacra eval` recorded). The starts depend on --horizon,
-so compare runs only at the same --horizon. Prints one line per run; --out appends JSON lines.
+RUN is a run or world folder, as for `simulacra eval --run`. --data defaults to RUN/eval/heldout (what
+`simulacra eval` recorded). The starts depend on --horizon, so compare runs only at the same --horizon.
+Prints one line per run; --out appends JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 import types
-from pathlib import Path
 
-import numpy as np
 import torch
 
+from simulacra import layout
 from simulacra.data import Dataset
 from simulacra.eval import heldout, measure
 from simulacra.world import World
 
 SHOW = (1, 4, 8, 16, 32, 64)
+OPTIONS = tuple(inspect.signature(World.with_options).parameters)[1:]
 
 
 def main() -> None:
@@ -35,24 +38,25 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--horizon", type=int, default=32)
     ap.add_argument("--starts", type=int, default=4, help="start points per episode")
-    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="dynamics inference overrides")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="OPTION=VALUE", help=f"inference options: {', '.join(OPTIONS)}"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    for k in overrides.keys() - set(OPTIONS):
+        raise SystemExit(f"--set {k}: not an inference option ({', '.join(OPTIONS)})")
     for run in args.runs:
-        world = World.load(Path(run) / "world" if (Path(run) / "world").exists() else run)
-        for k, v in overrides.items():
-            if not hasattr(world.dyn.cfg, k):
-                raise SystemExit(f"--set {k}: the dynamics config has no such field")
-            setattr(world.dyn.cfg, k, v)
-        ds = Dataset.open(args.data or Path(run) / "eval" / "heldout")
+        run_dir, world_dir = layout.resolve_run(run)
+        world = World.load(world_dir).with_options(**overrides)
+        ds = Dataset.open(args.data or run_dir / "eval" / "heldout")
         eps = list(range(len(ds)))[: args.episodes]
         h = heldout.load(ds, eps, {"kind": "data", "path": "", "episodes": eps, "notes": []}, 0, world.K + 2)
         cfg = types.SimpleNamespace(horizon=args.horizon, starts=args.starts, batch_size=32, rng_seed=0)
         t0 = time.time()
-        ol, _ = measure.open_loop(world, h, cfg, np.random.default_rng(0))
+        ol, _ = measure.open_loop(world, h, cfg)
         model, copy = ol["psnr"]["model"], ol["psnr"]["copy_last"]
         cells = [f"h{k}: {model[k - 1]:.2f} ({model[k - 1] - copy[k - 1]:+.2f})" for k in SHOW if k <= args.horizon]
         sharp = ol["sharpness_ratio"][min(16, args.horizon) - 1]

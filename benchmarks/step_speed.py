@@ -30,17 +30,17 @@ import onnxruntime as ort
 import torch
 
 from simulacra.export import OnnxStep, StepGraph, export_step, frames_per_s, random_inputs
-from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
-from simulacra.models.dynamics import Dynamics, DynamicsConfig
+from simulacra.models.autoencoder import Autoencoder
+from simulacra.models.dynamics import Dynamics
 from simulacra.train import SIZES
 from simulacra.world import World
 
 
 def random_world(size: str, frame: int) -> World:
     torch.manual_seed(0)
-    ae = Autoencoder(AutoencoderConfig(**SIZES[size].ae))
+    ae = Autoencoder(SIZES[size].ae)
     space = {"type": "discrete", "n": 4, "start": 0}
-    dyn = Dynamics(DynamicsConfig(**SIZES[size].dyn), ae.latent_channels, space)
+    dyn = Dynamics(SIZES[size].dyn, ae.latent_channels, space)
     config = {"autoencoder": asdict(ae.cfg), "dynamics": asdict(dyn.cfg), "action_space": space}
     return World(ae, dyn, config | {"frame_shape": [frame, frame, 3]})
 
@@ -123,6 +123,7 @@ def main() -> None:
     def stream_step(name: str) -> None:
         st = states[name]
         st[0] = streams[name].step(st[0], [0], st[1])[0]
+
     rounds: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for B in args.batches:
         x = random_inputs(world, B)

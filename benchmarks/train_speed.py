@@ -21,13 +21,13 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
-from simulacra.models.dynamics import Dynamics, DynamicsConfig
+from simulacra.models.dynamics import Dynamics
 from simulacra.train import SIZES, LoopConfig, fit, sample_keys
 
 
@@ -37,11 +37,11 @@ def measure(
     preset = SIZES[size]
     ae = Autoencoder(AutoencoderConfig(kind="pixels"))
     C, h, w = ae.latent_channels, frame // ae.cfg.patch, frame // ae.cfg.patch
-    dyn_cfg = DynamicsConfig(**preset["dyn"], snap_to_pixels=True)
+    dyn_cfg = replace(preset.dyn, snap_to_pixels=True)
     space = {"type": "discrete", "n": 6, "start": 0}
     torch.manual_seed(0)
     model = Dynamics(dyn_cfg, C, space)
-    B, K = batch or preset["dyn_batch"], dyn_cfg.context
+    B, K = batch or preset.dyn_batch, dyn_cfg.context
     stamps: list[float] = []
 
     prof = None
@@ -72,7 +72,7 @@ def measure(
             "keys": sample_keys(0, 2, step, B, rank, world),
         }
 
-    loop = LoopConfig(warmup + steps + 1, B, preset["dyn_lr"], ckpt_every=10**9, log_every=10**9)
+    loop = LoopConfig(warmup + steps + 1, B, preset.dyn_lr, ckpt_every=10**9, log_every=10**9)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,8 +89,8 @@ def measure(
         "s_per_step": round(dt, 4),
         "steps_per_s": round(1 / dt, 2),
         "samples_per_s": round(B / dt, 1),
-        "preset_steps": preset["dyn_steps"],
-        "preset_hours": round(preset["dyn_steps"] * dt / 3600, 2),
+        "preset_steps": preset.dyn_steps,
+        "preset_hours": round(preset.dyn_steps * dt / 3600, 2),
         "dynamics": asdict(dyn_cfg),
     }
     if device == "cuda":

@@ -43,7 +43,8 @@ def summarise(m: dict) -> dict:
         if v
     }
     errors = {k: v["error"] for k, v in m["speed"].items() if isinstance(v, dict) and "error" in v}
-    idm_real = ctrl.get("real", {}).get("accuracy")
+    key = ctrl.get("metric", "accuracy")  # accuracy for discrete actions, R^2 for Box ones
+    idm_real = ctrl.get("real", {}).get(key)
     return {
         "psnr16_model": ol["psnr"]["model"][h],
         "psnr16_copy_last": ol["psnr"]["copy_last"][h],
@@ -52,8 +53,9 @@ def summarise(m: dict) -> dict:
         "ssim16_copy_last": ol["ssim"]["copy_last"][h],
         "sharpness16": ol["sharpness_ratio"][h],
         "idm_real": idm_real,
-        "idm_generated": ctrl.get("generated", {}).get("accuracy"),
-        "idm_chance": ctrl.get("chance", {}).get("accuracy"),
+        "idm_metric": key,
+        "idm_generated": ctrl.get("generated", {}).get(key),
+        "idm_chance": ctrl.get("chance", {}).get(key),
         "idm_ratio": ctrl.get("ratio"),
         "delta_psnr_true_vs_random": ctrl.get("delta_psnr"),
         "drift_sharpness_end": drift["sharpness_ratio_end"],
@@ -131,7 +133,9 @@ def main() -> None:
         row.update(summarise(m))
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "fps"}), flush=True)
-    print(f"\nnano worlds, 2-core CPU, {time.strftime('%Y-%m-%d')}; eval on fresh episodes (seeds 100000+)")
+    print(
+        f"\n{args.size} worlds, {os.cpu_count()}-core CPU, {time.strftime('%Y-%m-%d')}; eval on fresh episodes (seeds 100000+)"
+    )
     print(markdown(rows))
     best = max(rows, key=lambda r: r["psnr16_margin_db"])
     passes = {r["preset"]: {b: (r.get(b) or 0) >= v for b, v in BARS.items()} for r in rows}

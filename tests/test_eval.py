@@ -17,6 +17,7 @@ from conftest import make_synthetic
 
 from simulacra.eval import EvalConfig, evaluate, idm
 from simulacra.eval import metrics as M
+from simulacra.spaces import ActionSpace
 
 SIM = [sys.executable, "-m", "simulacra.cli"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 shared cores: oversubscribed threads crawl
@@ -126,7 +127,7 @@ def _square_world(n_eps=6, L=40, size=32, seed=0):
 
 
 def test_idm_reads_visible_actions_and_fails_on_invisible_ones():
-    space = {"type": "discrete", "n": 4, "start": 0}
+    space = ActionSpace.discrete(4)
     frames, actions = _square_world(n_eps=10, L=60)
     test = idm.transitions(frames[8:]) + np.array([8, 0])
     model = idm.fit(frames[:8], actions[:8], space, steps=200, batch=32, lr=3e-3)
@@ -145,15 +146,18 @@ class Oracle:
     and returns the real frames that follow, ignoring actions: every 'model' metric must then equal reality."""
 
     K = 2
-    action_space = {"type": "discrete", "n": 4, "start": 0}
+    action_space = ActionSpace.discrete(4)
     config: dict = {}
 
     def __init__(self, episodes):
         self.episodes = episodes
 
-    def reset(self, frames, actions=None, seed=None):
+    def generator(self, seed):
+        return torch.Generator().manual_seed(seed)
+
+    def reset(self, frames, actions=None):
         assert frames.shape[1] == self.K and actions.shape == (len(frames), self.K - 1)
-        self.pos = [(int(f[0, 0, 0]), int(f[0, 0, 1])) for f in frames[:, -1]]
+        return [(int(f[0, 0, 0]), int(f[0, 0, 1])) for f in frames[:, -1]]
 
     def encode(self, frames):
         return frames
@@ -161,16 +165,17 @@ class Oracle:
     def decode(self, latents):
         return latents
 
-    def rollout(self, actions):
+    def rollout(self, state, actions, generator):
+        assert isinstance(generator, torch.Generator) and len(actions) == len(state)
         T = actions.shape[1]
         out = []
-        for e, t in self.pos:
+        for e, t in state:
             f = self.episodes[e]["frames"]
             out.append(f[np.minimum(np.arange(t + 1, t + 1 + T), len(f) - 1)])
-        return np.stack(out), None, None
+        return state, np.stack(out), np.zeros((len(state), T)), np.zeros((len(state), T), bool)
 
 
-def test_oracle_world_matches_reality_at_every_horizon(tmp_path):
+def test_oracle_world_matches_reality_at_every_horizon(tmp_path, capsys):
     from simulacra.data import Dataset
     from simulacra.eval import heldout, measure
 
@@ -180,7 +185,7 @@ def test_oracle_world_matches_reality_at_every_horizon(tmp_path):
     assert sorted(h.split_a + h.split_b) == [0, 1, 2, 3] and not set(h.split_a) & set(h.split_b)
     cfg = EvalConfig(**{**SMALL, "horizon": 12, "idm_steps": 5, "drift_steps": 10})
     world, rng = Oracle(eps), np.random.default_rng(0)
-    ol, arrays = measure.open_loop(world, h, cfg, rng)
+    ol, arrays = measure.open_loop(world, h, cfg)
     assert ol["psnr"]["model"] == [M.PSNR_CAP] * 12 and all(abs(v - 1) < 1e-6 for v in ol["ssim"]["model"])
     assert all(v < 15 for v in ol["psnr"]["copy_last"])  # noise frames: copying the last one is useless
     assert ol["sharpness_ratio"] == [1.0] * 12
@@ -193,6 +198,44 @@ def test_oracle_world_matches_reality_at_every_horizon(tmp_path):
     )
     d, _ = measure.drift(world, h, cfg, rng)
     assert d["distance_start"] > 0 and 0.8 < d["distance_ratio"] < 1.25
+    assert capsys.readouterr().out == ""  # library code returns values; only the verb prints
+
+
+def test_run_dirs(tmp_path, monkeypatch):
+    """A run folder, its world folder (whose parent holds config.json) and a bare world folder."""
+    from simulacra.errors import SimulacraError
+    from simulacra.layout import resolve_run as run_dirs
+
+    run, bare = tmp_path / "runs" / "r", tmp_path / "bare"
+    for w in (run / "world", bare):
+        w.mkdir(parents=True)
+        (w / "world.json").write_text("{}")
+    (run / "config.json").write_text("{}")
+    assert run_dirs(run) == run_dirs(run / "world") == (run, run / "world")
+    assert run_dirs(bare) == (bare, bare)
+    monkeypatch.chdir(tmp_path)
+    assert run_dirs(None) == (run.relative_to(tmp_path), (run / "world").relative_to(tmp_path))
+    with pytest.raises(SimulacraError, match="no trained world"):
+        run_dirs(tmp_path / "runs")
+
+
+def test_fresh_episodes_are_recorded_silently_and_reused(tmp_path, capsys):
+    """record_fresh records the preset's env through the library call (no config dump on stdout; its
+    note goes to the log) and reuses episodes recorded alike."""
+    pytest.importorskip("ale_py")
+    from simulacra.data import Dataset
+    from simulacra.eval import heldout
+    from simulacra.presets import PRESETS
+
+    world_cfg = {"preset": PRESETS["debug"].to_dict()}
+    cfg = EvalConfig(episodes=1, num_envs=1, max_episode_steps=6)
+    out, notes = heldout.record_fresh(world_cfg, cfg, tmp_path / "heldout")
+    assert capsys.readouterr().out == ""
+    ds = Dataset.open(out)
+    assert len(ds) == 1 and ds.episodes[0].seed == cfg.seed and ds.episodes[0].length <= 6
+    assert notes == []  # same env and policy as the preset (a --max-episode-steps cap is not a difference)
+    _, notes = heldout.record_fresh(world_cfg, cfg, tmp_path / "heldout")
+    assert any("reused" in n for n in notes) and capsys.readouterr().out == ""
 
 
 # ---- end to end --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Training: a tiny real run, exact resume after SIGKILL, 2-process DDP == 1 process, the World API."""
+"""Training: a tiny real run, exact resume after SIGKILL, 2-process DDP vs 1 process, the trained world."""
 
 import json
 import math
@@ -15,8 +15,7 @@ from conftest import make_synthetic
 from safetensors.numpy import load_file
 
 from simulacra.data import Dataset
-from simulacra.errors import SimulacraError
-from simulacra.train import SIZES, LoopConfig, TrainConfig, budget_minutes, fit
+from simulacra.train import SIZES, Budget, LoopConfig, TrainConfig, budget_minutes, fit
 from simulacra.world import World
 
 TRAIN = [sys.executable, "-m", "simulacra.cli", "train", "--size", "debug", "--no-tensorboard"]
@@ -98,17 +97,19 @@ def test_resume_after_sigkill_matches_uninterrupted(data, reference, tmp_path):
 
 
 def outputs(run, ds):
-    """What a world computes on fixed inputs (function space: a bias in front of a GroupNorm has no
-    gradient but float noise, which Adam turns into +-lr steps, so raw weights are the wrong yardstick)."""
+    """What a world computes on fixed inputs, as uint8 frames (function space: a bias in front of a
+    GroupNorm has no gradient but float noise, which Adam turns into +-lr steps, so raw weights are the
+    wrong yardstick)."""
     world = World.load(run)
     frames = ds.frames(0, 0, 3)
     recon = world.decode(world.encode(frames)).astype(np.float32)
-    world.reset(frames, actions=np.array([1, 2]), seed=0)
-    dream, _, _ = world.rollout([3, 0])
+    state = world.reset(frames[None], np.array([[1, 2]]))
+    _, dream, _, _ = world.rollout(state, np.array([[3, 0]]), world.generator(0))
     return recon, dream.astype(np.float32)
 
 
 def test_two_processes_match_one(data, tmp_path):
+    """2 DDP processes train what 1 process does with the same global batch, to one gray level."""
     one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
     common = ["--ae-steps", "6", "--dyn-steps", "6", "--batch-size", "8", "--autoencoder", "learned"]
     train(data, one, *common)
@@ -137,38 +138,24 @@ def test_two_processes_match_one(data, tmp_path):
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     ds = Dataset.open(data)
     a, b, c = outputs(one, ds), outputs(two, ds), outputs(other, ds)
+    # Not bit-equal: gloo's all-reduce averages two half-batch gradients, a different float summation
+    # order than one process's mean over the whole batch, so weights differ by float rounding (~1e-7,
+    # amplified by Adam where a gradient is nearly zero). Decoded frames then round to the same 8-bit
+    # level almost everywhere, and never differ by more than one level.
     for x, y, z in zip(a, b, c, strict=True):
-        same, different = np.abs(x - y).mean(), np.abs(x - z).mean()
-        assert same < 0.1 * different, (same, different)  # 2 processes ~ 1 process, far closer than another seed
+        assert np.abs(x - y).max() <= 1 and (x != y).mean() < 0.01, (np.abs(x - y).max(), (x != y).mean())
+        assert np.abs(x - z).mean() > 5  # another seed is far away: the comparison can tell worlds apart
 
 
-def test_world_api(reference, data):
+def test_trained_world_loads_and_dreams(reference, data):
+    """The world a run saves loads and dreams frames, rewards and dones of the data set's shapes
+    (the World API itself is tested in test_world_env.py)."""
     world = World.load(reference)
     ds = Dataset.open(data)
-    frame = world.reset(episode=(ds, 0, 5), seed=1)
-    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
-    f, r, d = world.step(2)
-    assert f.shape == (64, 64, 3) and isinstance(r, float) and isinstance(d, bool)
-    frames, rewards, dones = world.rollout([0, 1, 2, 3, 1])
-    assert frames.shape == (5, 64, 64, 3) and rewards.shape == (5,)
-    # batched: two different starts, same seed gives the same dream
-    starts = np.stack([ds.frames(0, 0, 3), ds.frames(1, 0, 3)])
-    world.reset(starts, actions=np.array([[1, 2], [0, 3]]), seed=3)
-    fa, _, _ = world.rollout(np.ones((2, 4), int))
-    world.reset(starts, actions=np.array([[1, 2], [0, 3]]), seed=3)
-    fb, _, _ = world.rollout(np.ones((2, 4), int))
-    assert fa.shape == (2, 4, 64, 64, 3) and np.array_equal(fa, fb)
-    # latent side: batched step without decoding
-    z = world.encode(ds.frames(2, 0, 2))
-    state = world.initial_state(z[None], past_actions=np.array([[1]]))
-    state, z_next, reward, done = world.latent_step(state, [3])
-    assert z_next.shape == (1, *z.shape[1:])
-    assert world.decode(z_next).shape == (1, 64, 64, 3)
-    with pytest.raises(SimulacraError, match="outside the action space"):
-        world.step(7)
-    world.reset(image=ds.frames(0, 0, 1)[0])
-    with pytest.raises(SimulacraError, match="trained on"):
-        world.reset(image=np.zeros((32, 32, 3), np.uint8))
+    state = world.reset(*world.episode_context(ds, 0, 5))
+    state, frames, rewards, dones = world.rollout(state, np.array([[0, 1, 2, 3, 1]]), world.generator(1))
+    assert frames.shape == (1, 5, 64, 64, 3) and frames.dtype == np.uint8
+    assert rewards.shape == dones.shape == (1, 5) and np.isfinite(rewards).all()
 
 
 def test_default_run_logs_to_tensorboard(data, tmp_path):
@@ -225,26 +212,26 @@ class Slow(torch.nn.Module):
 
 def test_minutes_budget_cuts_the_steps_and_resume_keeps_them(tmp_path):
     get = lambda step, rank, world: {"x": torch.zeros(2)}  # noqa: E731
-    cfg = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=time.time() + 5.0)
+    cfg = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9)
     t0 = time.time()
-    fit(Slow(), get, cfg, tmp_path, "slow", resume=False)
+    ran = fit(Slow(), get, cfg, tmp_path, "slow", budget=Budget(time.time() + 5.0)).steps
     assert time.time() - t0 < 6.5  # planned: 10,000 steps = 200 s
     # about 5 s / 20 ms, less the first steps (the first fit in a process also pays ~2 s of one-time set-up)
-    assert 60 <= cfg.steps <= 250, cfg.steps
+    assert 60 <= ran <= 250, ran
+    assert cfg.steps == 10_000  # the plan is not rewritten: fit returns what it ran
     done = json.loads(sorted(tmp_path.glob("step_*"))[-1].joinpath("state.json").read_text())
-    assert done["step"] == done["total_steps"] == cfg.steps
+    assert done["step"] == done["total_steps"] == ran
     # a resumed run continues the schedule it chose, whatever its own deadline says
-    again = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=time.time() + 0.1)
-    fit(Slow(), get, again, tmp_path, "slow", resume=True)
-    assert again.steps == cfg.steps
+    again = fit(Slow(), get, cfg, tmp_path, "slow", resume=True, budget=Budget(time.time() + 0.1))
+    assert again.steps == ran
 
 
 def test_minutes_budget_holds_when_steps_get_slower(tmp_path):
     """Calibrated at 10 ms per step, then 40 ms: the cut made at calibration alone would overrun 3x."""
     get = lambda step, rank, world: {"x": torch.zeros(2)}  # noqa: E731
     t0 = time.time()
-    cfg = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9, deadline=t0 + 5.0)
-    fit(Slow(0.01, later=0.04), get, cfg, tmp_path, "slower", resume=False)
+    cfg = LoopConfig(10_000, 2, 1e-2, ckpt_every=10, log_every=10**9)
+    fit(Slow(0.01, later=0.04), get, cfg, tmp_path, "slower", budget=Budget(t0 + 5.0))
     assert time.time() - t0 < 5.8, time.time() - t0
 
 
@@ -254,7 +241,7 @@ def test_negative_minutes_is_a_one_line_error(data, tmp_path):
 
 
 def test_nano_is_budgeted_unless_steps_are_given():
-    assert SIZES["nano"]["minutes"] == 10 and "minutes" not in SIZES["small"]
+    assert SIZES["nano"].minutes == 10 and SIZES["small"].minutes is None
     assert budget_minutes(TrainConfig(size="nano")) == 10
     assert budget_minutes(TrainConfig(size="nano", dyn_steps=100)) is None  # asked-for steps run exactly
     assert budget_minutes(TrainConfig(size="nano", minutes=0)) is None
@@ -266,4 +253,4 @@ def test_dyn_lr_sets_the_dynamics_rate_and_refuses_nonpositive(data, tmp_path):
     assert p.returncode != 0 and "--dyn-lr" in p.stderr and "Traceback" not in p.stderr
     train(data, tmp_path / "run", "--dyn-steps", "2", "--dyn-lr", "0.003")
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["dyn_loop"]["lr"] == 0.003 and cfg["ae_loop"]["lr"] == SIZES["debug"]["ae_lr"]
+    assert cfg["dyn_loop"]["lr"] == 0.003 and cfg["ae_loop"]["lr"] == SIZES["debug"].ae_lr

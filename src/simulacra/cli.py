@@ -54,20 +54,22 @@ VERB_TABLE = {
 DATA_SUBVERBS = [v.split()[1] for v in VERB_TABLE if v.startswith("data ")]
 
 
-def _run(verb: str, args: list[str]) -> None:
+def _run(verb: str, args: list[str]) -> int:
     module, config, function = VERB_TABLE[verb]
     mod = importlib.import_module(module)
     cfg = tyro.cli(getattr(mod, config), args=args, prog=f"simulacra {verb}")
     result = getattr(mod, function)(cfg)
-    if type(result) is int and result:
-        sys.exit(result)
+    code = result if type(result) is int else 0
+    if code:
+        sys.exit(code)
+    return code
 
 
 def _data(args: list[str]) -> None:
     if not args or args[0] not in DATA_SUBVERBS:
         print(f"usage: simulacra data {{{','.join(DATA_SUBVERBS)}}} [options]", file=sys.stderr)
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
-    _run(f"data {args[0]}", args[1:])
+    sys.exit(_run(f"data {args[0]}", args[1:]))  # the data sub-verbs always exit with their code
 
 
 def _planned(verb: str) -> Callable[[list[str]], None]:

@@ -53,7 +53,8 @@ def world_dir(path: str | os.PathLike) -> Path:
 
 
 def resolve_run(path: str | os.PathLike | None) -> tuple[Path, Path]:
-    """(run folder, world folder) of a run or world path, or of the most recent run under ./runs."""
+    """(run folder, world folder) of a run or world path, or of the most recent run under ./runs. A world
+    folder whose parent holds a run's config.json belongs to that run; a bare world folder is its own run."""
     if path is None:
         found = [p for p in RUNS_DIR.glob("*/world/world.json") if _visible(p.parent, RUNS_DIR)]
         if not found:
@@ -63,8 +64,9 @@ def resolve_run(path: str | os.PathLike | None) -> tuple[Path, Path]:
     w = world_dir(path)
     if not (w / "world.json").exists():
         raise SimulacraError(f"{path}: no trained world here (missing world.json); train one with `simulacra train`")
-    run = w.parent if w != Path(path) else w
-    return run, w
+    if w != Path(path) or (w.parent / "config.json").exists():
+        return w.parent, w
+    return w, w
 
 
 # ---- atomic writes -------------------------------------------------------------------------------

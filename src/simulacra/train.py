@@ -1,50 +1,64 @@
 """`simulacra train`: one loop trains every component (each model: ``forward(batch) -> (loss, metrics)``).
 
-Stages: (1) the frame autoencoder on single frames, (2) the latent dynamics model (+ reward and
+A run is a list of stages, each a model with its batches and loop settings, run through that loop in
+turn: (1) the frame autoencoder on single frames, (2) the latent dynamics model (+ reward and
 termination heads) on K-step windows of latents encoded once by the frozen autoencoder.
 
 Reproducibility: batches are drawn statelessly from (seed, stage, step), and every sample's noise
-from its global key, so `--resume` continues bit-exactly and N DDP processes equal 1 process with
-the same global batch. Checkpoints are written atomically (temp dir, then rename; COMPLETE last).
+from its global key, so `--resume` continues bit-exactly, and N DDP processes train what 1 process
+does with the same global batch, up to float rounding (the all-reduce sums the gradient in another
+order). Checkpoints are written atomically (temp dir of fsynced files, COMPLETE last,
+then rename).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from simulacra.errors import SimulacraError
+from simulacra.layout import TMP_PREFIX, atomic_save_tensors, atomic_write, default_run_dir, fsync_dir, resolve_dataset
+from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
+from simulacra.models.dynamics import Dynamics, DynamicsConfig
+
+if TYPE_CHECKING:
+    from simulacra.data import Dataset
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[int, int, int], dict]
+"""``get_batch(step, rank, world)``: this rank's slice of the global batch for that step (with ``keys``)."""
 
 
 @dataclass
 class LoopConfig:
     steps: int
+    """Planned optimisation steps (a Budget may cut them)."""
     batch_size: int
+    """Global batch size, split across DDP processes."""
     lr: float
+    """Peak learning rate, reached after the warm-up."""
     warmup: int = 100
+    """Steps of linear learning-rate warm-up before the cosine decay."""
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ckpt_every: int = 500
     log_every: int = 10
-    deadline: float | None = None
-    """Wall-clock time (time.time()) the stage must end by: after CALIBRATE timed steps, ``steps`` is
-    cut to what fits at the measured rate, and cut again at every checkpoint at the rate measured so
-    far (never raised). The count goes into every checkpoint; --resume continues it without a deadline."""
-
-
-CALIBRATE = 20  # steps timed (after 5 warm-up steps) to fit a stage into its wall-clock budget
 
 
 # ---- distributed -------------------------------------------------------------------------------
@@ -62,6 +76,71 @@ def device_for(rank: int) -> torch.device:
         torch.cuda.set_device(rank % torch.cuda.device_count())
         return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def _same(n: int) -> int:
+    return n
+
+
+def _from_rank0(n: int, device: torch.device) -> int:
+    """Rank 0's ``n`` on every rank."""
+    t = torch.tensor([n], device=device)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+# ---- the wall-clock budget ---------------------------------------------------------------------
+WARMUP_UNTIMED = 5  # steps left out of the timing: the first ones pay one-time set-up
+CALIBRATE = 20  # steps timed (after the untimed ones) to fit a stage into its wall-clock budget
+MARGIN = 0.98  # of the time left that a cut plans to fill: slack for what the rate has not seen yet
+
+
+class Budget:
+    """A stage's wall-clock deadline, which the loop asks how many steps the stage may run.
+
+    After WARMUP_UNTIMED steps it times CALIBRATE steps and cuts the planned count to what fits before
+    the deadline at that rate. The first steps run faster than a whole stage (checkpoints, a CPU that
+    slows down), so at every checkpoint it cuts again with the rate measured so far, before the
+    checkpoint records the count. It never raises the count, and always leaves one more step.
+    The loop sets the learning rate from the current count, so the cosine schedule ends where the stage does.
+    """
+
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.time):
+        self.deadline = deadline
+        """``clock()`` time by which the stage must end."""
+        self.clock = clock
+        self.start: int | None = None
+        self.t0: float | None = None
+        self.agree: Callable[[int], int] = _same
+
+    def begin(self, start: int, agree: Callable[[int], int] = _same) -> None:
+        """The loop starts at step ``start``. ``agree`` turns this process's count into the one all DDP
+        processes use (rank 0's: their clocks and rates differ slightly)."""
+        self.start, self.t0, self.agree = start, None, agree
+
+    @property
+    def calibration_step(self) -> int:
+        return self.start + WARMUP_UNTIMED + CALIBRATE
+
+    def observe(self, step: int, steps: int, now: float | None = None) -> int:
+        """Before running ``step`` of ``steps``: starts the clock, or cuts ``steps`` once it has timed enough."""
+        now = self.clock() if now is None else now
+        if step == self.start + WARMUP_UNTIMED:
+            self.t0 = now
+        if step == self.calibration_step:
+            return self.cut(step, steps, now)
+        return steps
+
+    def checkpoint(self, done: int, steps: int, now: float | None = None) -> int:
+        """When ``done`` steps are about to be checkpointed: ``steps`` cut again at the rate so far."""
+        if done - 1 <= self.calibration_step:  # not calibrated yet, or just now
+            return steps
+        return self.cut(done, steps, self.clock() if now is None else now)
+
+    def cut(self, done: int, steps: int, now: float) -> int:
+        rate = (done - self.start - WARMUP_UNTIMED) / (now - self.t0)
+        n = min(steps, done + int(max(0.0, self.deadline - now) * rate * MARGIN))
+        return self.agree(max(n, done + 1))
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -93,21 +172,21 @@ def save_checkpoint(
     config: dict,
     total_steps: int | None = None,
 ) -> None:
-    """Atomic: everything goes to a temp dir, COMPLETE is written last, then the dir is renamed."""
-    tmp = path.with_name(".tmp-" + path.name)
+    """Atomic: every file goes fsynced to a temp dir, COMPLETE last, then the dir is renamed."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    atomic_save_tensors(model.state_dict(), tmp / "model.safetensors")
     tensors, meta = _flatten_optimizer(opt)
-    save_file({k: v.cpu() for k, v in tensors.items()}, tmp / "optimizer.safetensors")
-    rng = {"torch": torch.get_rng_state()}
-    save_file(rng, tmp / "rng.safetensors")
+    atomic_save_tensors(tensors, tmp / "optimizer.safetensors")
+    atomic_save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
     state = {"step": step, "total_steps": total_steps, "optimizer": meta, "config": config}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    (tmp / "COMPLETE").write_text("ok\n")
+    atomic_write(tmp / "state.json", json.dumps(state, indent=1))
+    atomic_write(tmp / "COMPLETE", "ok\n")
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -128,101 +207,116 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-def lr_lambda(step: int, cfg: LoopConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+def lr_lambda(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+@dataclass
+class FitResult:
+    steps: int
+    """The stage's step count: the planned one, or what a Budget (or a resumed checkpoint) left of it."""
+    metrics: dict[str, float]
+    """The last step's metrics (loss, the model's own, grad_norm, lr)."""
+
+
+def _optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm scales."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 and p.requires_grad]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _step(net, model, opt, batch: dict, cfg: LoopConfig, name: str, step: int, autocast) -> dict[str, float]:
+    """One optimisation step; a non-finite loss or gradient stops the run before anything records it."""
+    with autocast:
+        loss, m = net(batch)
+    if not torch.isfinite(loss):
+        raise SimulacraError(f"[{name}] non-finite loss at step {step}; stopped before saving it ({m})")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if not torch.isfinite(gnorm):
+        raise SimulacraError(f"[{name}] non-finite gradient at step {step}; stopped before saving it")
+    opt.step()
+    return {"loss": loss.item(), **m, "grad_norm": gnorm.item(), "lr": opt.param_groups[0]["lr"]}
+
+
+def _report(bar, writer, name: str, metrics: dict[str, float], step: int, rate: float) -> None:
+    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "psnr", "flow")})
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"{name}/{k}", v, step)
+        writer.add_scalar(f"{name}/steps_per_s", rate, step)
+
+
+def _resume(ckpt_dir: Path, model, opt, steps: int, name: str, rank: int) -> tuple[int, int | None]:
+    """(step to continue from, the step count a checkpoint chose or None) from the latest checkpoint."""
+    last = latest_checkpoint(ckpt_dir)
+    if last is None:
+        return 0, None
+    state = load_checkpoint(last, model, opt)
+    total = int(state["total_steps"]) if state.get("total_steps") else None
+    if rank == 0:
+        log.info("[%s] resumed from %s at step %d of %d", name, last, state["step"], total or steps)
+    return int(state["step"]), total
 
 
 def fit(
     model: torch.nn.Module,
-    get_batch: Callable[[int, int, int], dict],
+    get_batch: BatchFn,
     cfg: LoopConfig,
     ckpt_dir: Path,
     name: str,
-    resume: bool,
+    resume: bool = False,
     writer=None,
     config: dict | None = None,
-) -> dict[str, float]:
-    """Train ``model`` for cfg.steps. ``get_batch(step, rank, world)`` returns this rank's slice of the
-    global batch for that step (with ``keys``). Returns the last logged metrics."""
+    budget: Budget | None = None,
+) -> FitResult:
+    """Train ``model`` for cfg.steps (fewer if ``budget`` cuts them), checkpointing to ``ckpt_dir``.
+    A resumed stage keeps the step count (and so the schedule) its checkpoint recorded, without a budget."""
     rank, world = dist_info()
     device = device_for(rank)
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 and p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    start = 0
-    last = latest_checkpoint(ckpt_dir) if resume else None
-    if last is not None:
-        state = load_checkpoint(last, model, opt)
-        start = int(state["step"])
-        if state.get("total_steps"):  # a budgeted run keeps the step count (and LR schedule) it chose
-            cfg.steps, cfg.deadline = int(state["total_steps"]), None
-        if rank == 0:
-            print(f"[{name}] resumed from {last} at step {start} of {cfg.steps}")
+    opt = _optimizer(model, cfg)
+    start, steps = 0, cfg.steps
+    if resume:
+        start, chosen = _resume(ckpt_dir, model, opt, steps, name, rank)
+        if chosen is not None:
+            steps, budget = chosen, None
+    if budget is not None:
+        budget.begin(start, partial(_from_rank0, device=device) if world > 1 else _same)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
-    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=rank != 0, dynamic_ncols=True)
+    on_gpu = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+    bar = tqdm(total=steps, initial=start, desc=name, disable=rank != 0, dynamic_ncols=True)
     metrics: dict[str, float] = {}
     model.train()
     t0 = time.time()
     step = start
-    while step < cfg.steps:
-        if cfg.deadline is not None and step == start + 5:
-            t_cal = time.time()
-        if cfg.deadline is not None and step == start + 5 + CALIBRATE:
-            fit_steps(cfg, step, (step - start - 5) / (time.time() - t_cal), device, world)
-            bar.total = cfg.steps
+    while step < steps:
+        if budget is not None and (cut := budget.observe(step, steps)) != steps:
             if rank == 0:
-                print(f"[{name}] {cfg.steps} steps fit the wall-clock budget", flush=True)
+                log.info("[%s] %d of the %d planned steps fit the wall-clock budget", name, cut, steps)
+            steps = bar.total = cut
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_lambda(step, cfg)
+            g["lr"] = cfg.lr * lr_lambda(step, steps, cfg.warmup)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in get_batch(step, rank, world).items()}
-        with autocast:
-            loss, m = net(batch)
-        if not torch.isfinite(loss):
-            raise SimulacraError(f"[{name}] non-finite loss at step {step}; stopped before saving it ({m})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if not torch.isfinite(gnorm):
-            raise SimulacraError(f"[{name}] non-finite gradient at step {step}; stopped before saving it")
-        opt.step()
-        metrics = {"loss": loss.item(), **m, "grad_norm": gnorm.item(), "lr": opt.param_groups[0]["lr"]}
+        metrics = _step(net, model, opt, batch, cfg, name, step, autocast)
         bar.update(1)
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "psnr", "flow")})
-            if writer is not None:
-                for k, v in metrics.items():
-                    writer.add_scalar(f"{name}/{k}", v, step)
-                writer.add_scalar(f"{name}/steps_per_s", (step + 1 - start) / max(1e-9, time.time() - t0), step)
-        if cfg.deadline is not None and (step + 1) % cfg.ckpt_every == 0 and step > start + 5 + CALIBRATE:
-            # the first steps' rate overestimated a whole run by ~4% (checkpoints, a slower CPU later):
-            # cut again with the rate so far, before the checkpoint records the count
-            fit_steps(cfg, step + 1, (step + 1 - start - 5) / (time.time() - t_cal), device, world)
-            bar.total = cfg.steps
-        if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
-            save_checkpoint(ckpt_dir / f"step_{step + 1:07d}", model, opt, step + 1, config or {}, cfg.steps)
+        if rank == 0 and (step % cfg.log_every == 0 or step == steps - 1):
+            _report(bar, writer, name, metrics, step, (step + 1 - start) / max(1e-9, time.time() - t0))
+        if budget is not None and (step + 1) % cfg.ckpt_every == 0:
+            steps = bar.total = budget.checkpoint(step + 1, steps)
+        if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == steps):
+            save_checkpoint(ckpt_dir / f"step_{step + 1:07d}", model, opt, step + 1, config or {}, steps)
         step += 1
     bar.close()
-    return metrics
-
-
-def fit_steps(cfg: LoopConfig, step: int, rate: float, device: torch.device, world: int) -> None:
-    """Cut cfg.steps to what fits before cfg.deadline at ``rate`` steps/s, ``step`` steps done (rank 0
-    decides for all: the ranks' clocks and rates differ slightly)."""
-    n = min(cfg.steps, step + int(max(0.0, cfg.deadline - time.time()) * rate * 0.98))
-    n = torch.tensor([max(n, step + 1)], device=device)
-    if world > 1:
-        dist.broadcast(n, 0)
-    cfg.steps = int(n.item())
+    return FitResult(steps, metrics)
 
 
 def step_indices(seed: int, stage: int, step: int, n: int, global_batch: int, rank: int, world: int) -> np.ndarray:
@@ -241,26 +335,89 @@ def sample_keys(seed: int, stage: int, step: int, global_batch: int, rank: int, 
 
 def save_run_config(run: Path, config: dict) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    atomic_write(run / "config.json", json.dumps(config, indent=2, default=str))
 
 
-# ---- the pipeline: data set -> autoencoder -> latents -> dynamics -> world ----------------------
-SIZES: dict[str, dict] = {
-    # ae: AutoencoderConfig fields; dyn: DynamicsConfig fields; steps and batch per stage
-    "debug": {"ae": {"channels": 16, "latent_channels": 4, "blocks": 1}, "dyn": {"context": 2, "channels": 16, "channel_mult": (1, 2), "cond_dim": 32},
-              "ae_steps": 30, "dyn_steps": 30, "ae_batch": 8, "dyn_batch": 8, "ae_lr": 2e-3, "dyn_lr": 1e-3},
-    # nano: a 10-minute wall-clock budget on a 2-core AVX2 CPU (about 3400 of the 4000 planned steps fit there,
-    # 2026-11-23). No own_context: at equal steps it helped (Pong PSNR@16 +0.8 dB), but its ~25% per step cost
-    # a quarter of the budget's steps, and Pong at 1800 steps with it scored below 2400 without (docs/world-model.md)
-    "nano": {"ae": {"channels": 64, "latent_channels": 8}, "dyn": {"context": 4, "channels": 48, "channel_mult": (1, 2, 2), "cond_dim": 128},
-             "ae_steps": 1200, "dyn_steps": 4000, "ae_batch": 32, "dyn_batch": 32, "ae_lr": 2e-3, "dyn_lr": 5e-4, "minutes": 10},
-    "small": {"ae": {"channels": 128, "latent_channels": 8, "blocks": 3}, "dyn": {"context": 8, "channels": 128, "channel_mult": (1, 2, 2), "cond_dim": 256, "blocks": 2, "own_context": 0.25},
-              "ae_steps": 20000, "dyn_steps": 60000, "ae_batch": 64, "dyn_batch": 64, "ae_lr": 1e-3, "dyn_lr": 3e-4},
-    "base": {"ae": {"channels": 192, "latent_channels": 8, "blocks": 4}, "dyn": {"context": 16, "channels": 192, "channel_mult": (1, 2, 3), "cond_dim": 384, "blocks": 2},
-             "ae_steps": 50000, "dyn_steps": 200000, "ae_batch": 128, "dyn_batch": 128, "ae_lr": 1e-3, "dyn_lr": 2e-4},
-    "large": {"ae": {"channels": 256, "latent_channels": 16, "blocks": 6}, "dyn": {"context": 32, "channels": 256, "channel_mult": (1, 2, 3, 4), "cond_dim": 512, "blocks": 3},
-              "ae_steps": 100000, "dyn_steps": 500000, "ae_batch": 256, "dyn_batch": 256, "ae_lr": 5e-4, "dyn_lr": 1e-4},
-}  # fmt: skip
+# ---- size presets --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SizePreset:
+    """One size of world model: the two models' shapes, and how long and how fast each stage trains."""
+
+    ae: AutoencoderConfig
+    """The frame autoencoder (its ``kind`` is the default frame representation)."""
+    dyn: DynamicsConfig
+    """The latent dynamics model (``train`` sets ``snap_to_pixels`` and ``change_gate`` from the autoencoder)."""
+    ae_steps: int
+    """Autoencoder optimisation steps."""
+    dyn_steps: int
+    """Dynamics optimisation steps (with a ``minutes`` budget: the plan the budget cuts to what fits)."""
+    ae_batch: int
+    """Global batch of single frames for the autoencoder."""
+    dyn_batch: int
+    """Global batch of K-step windows for the dynamics model."""
+    ae_lr: float
+    """Peak learning rate of the autoencoder."""
+    dyn_lr: float
+    """Peak learning rate of the dynamics model."""
+    minutes: float | None = None
+    """Wall-clock budget of a run at this size unless step counts are asked for (None: the counts rule)."""
+
+
+SIZES: dict[str, SizePreset] = {
+    "debug": SizePreset(
+        ae=AutoencoderConfig(channels=16, latent_channels=4, blocks=1),
+        dyn=DynamicsConfig(context=2, channels=16, channel_mult=(1, 2), cond_dim=32),
+        ae_steps=30,
+        dyn_steps=30,
+        ae_batch=8,
+        dyn_batch=8,
+        ae_lr=2e-3,
+        dyn_lr=1e-3,
+    ),
+    # nano is sized for minutes on a 2-core CPU: its steps are a plan that the budget cuts to what fits.
+    # No own_context: its extra forward passes cost more of a fixed budget's steps than they win back.
+    "nano": SizePreset(
+        ae=AutoencoderConfig(channels=64, latent_channels=8),
+        dyn=DynamicsConfig(context=4, channels=48, channel_mult=(1, 2, 2), cond_dim=128),
+        ae_steps=1200,
+        dyn_steps=4000,
+        ae_batch=32,
+        dyn_batch=32,
+        ae_lr=2e-3,
+        dyn_lr=5e-4,
+        minutes=10,
+    ),
+    "small": SizePreset(
+        ae=AutoencoderConfig(channels=128, latent_channels=8, blocks=3),
+        dyn=DynamicsConfig(context=8, channels=128, channel_mult=(1, 2, 2), cond_dim=256, blocks=2, own_context=0.25),
+        ae_steps=20000,
+        dyn_steps=60000,
+        ae_batch=64,
+        dyn_batch=64,
+        ae_lr=1e-3,
+        dyn_lr=3e-4,
+    ),
+    "base": SizePreset(
+        ae=AutoencoderConfig(channels=192, latent_channels=8, blocks=4),
+        dyn=DynamicsConfig(context=16, channels=192, channel_mult=(1, 2, 3), cond_dim=384, blocks=2),
+        ae_steps=50000,
+        dyn_steps=200000,
+        ae_batch=128,
+        dyn_batch=128,
+        ae_lr=1e-3,
+        dyn_lr=2e-4,
+    ),
+    "large": SizePreset(
+        ae=AutoencoderConfig(channels=256, latent_channels=16, blocks=6),
+        dyn=DynamicsConfig(context=32, channels=256, channel_mult=(1, 2, 3, 4), cond_dim=512, blocks=3),
+        ae_steps=100000,
+        dyn_steps=500000,
+        ae_batch=256,
+        dyn_batch=256,
+        ae_lr=5e-4,
+        dyn_lr=1e-4,
+    ),
+}
 
 
 @dataclass
@@ -303,8 +460,10 @@ class TrainConfig:
     own_context: float | None = None
     """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
     change_gate: bool = True
-    """With the 'pixels' autoencoder: learn which grid cells change at all and keep the others exact
-    (no speckle piling up in static parts of long rollouts). Ignored for learned latents."""
+    """Keep the grid cells the model predicts unchanged exactly as they were (no speckle piling up
+    in the static parts of long rollouts). Only where the frames are pixels: on with the 'pixels'
+    autoencoder unless --no-change-gate, off with learned latents. Decided here, for every trained
+    world; the dynamics model's own default (off) is for models built by hand."""
     holdout: float = 0.1
     """Fraction of episodes held out for evaluation (never trained on)."""
     ckpt_every: int = 250
@@ -315,13 +474,36 @@ class TrainConfig:
     """Write TensorBoard logs to <run>/tb."""
 
 
+def size_preset(name: str) -> SizePreset:
+    if name not in SIZES:
+        raise SimulacraError(f"unknown size {name!r}; sizes: {', '.join(SIZES)}")
+    return SIZES[name]
+
+
 def budget_minutes(cfg: TrainConfig) -> float | None:
     """The run's wall-clock budget: --minutes, else the size's unless step counts were given (then they rule)."""
     if cfg.minutes is not None and not cfg.minutes >= 0:  # also refuses nan
         raise SimulacraError(f"--minutes is a wall-clock budget, 0 (none) or more, not {cfg.minutes}")
     if cfg.minutes is not None:
         return cfg.minutes or None
-    return None if cfg.ae_steps is not None or cfg.dyn_steps is not None else SIZES[cfg.size].get("minutes")
+    return None if cfg.ae_steps is not None or cfg.dyn_steps is not None else size_preset(cfg.size).minutes
+
+
+def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConfig, DynamicsConfig]:
+    """The two models' configs: the preset's, with the options given. Sampling snaps to pixels and the
+    change gate is on (unless --no-change-gate) exactly when the frames are pixels."""
+    ae = replace(preset.ae, **({"kind": cfg.autoencoder} if cfg.autoencoder else {}))
+    given = {
+        "context": cfg.context,
+        "channels": cfg.channels,
+        "channel_mult": cfg.channel_mult,
+        "context_noise_max": cfg.context_noise_max,
+        "change_weight": cfg.change_weight,
+        "own_context": cfg.own_context,
+    }
+    pixels = ae.kind == "pixels"
+    over = {k: v for k, v in given.items() if v is not None}
+    return ae, replace(preset.dyn, **over, snap_to_pixels=pixels, change_gate=cfg.change_gate and pixels)
 
 
 def check_model_config(ae_cfg, dyn_cfg) -> None:
@@ -345,148 +527,238 @@ def check_model_config(ae_cfg, dyn_cfg) -> None:
         raise SimulacraError(f"--own-context is a fraction of the training windows, 0 to 1, not {dyn_cfg.own_context}")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run both stages and write the world to <run>/world (safetensors + world.json)."""
-    from simulacra.data import Dataset, split_episodes
-    from simulacra.data.commands import resolve_dataset
-    from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
-    from simulacra.models.dynamics import Dynamics, DynamicsConfig
-    from simulacra.world import World
-
-    t_begin = time.time()  # a --minutes budget counts from here
-    rank, world_size = dist_info()
-    if cfg.size not in SIZES:
-        raise SimulacraError(f"unknown size {cfg.size!r}; sizes: {', '.join(SIZES)}")
-    root = resolve_dataset(cfg.data)
-    ds = Dataset.open(root)
-    size = SIZES[cfg.size]
-    ae_cfg = AutoencoderConfig(**{**size["ae"], **({"kind": cfg.autoencoder} if cfg.autoencoder else {})})
-    over = {
-        k: v
-        for k, v in {
-            "context": cfg.context,
-            "channels": cfg.channels,
-            "channel_mult": cfg.channel_mult,
-            "context_noise_max": cfg.context_noise_max,
-            "change_weight": cfg.change_weight,
-            "own_context": cfg.own_context,
-        }.items()
-        if v is not None
-    }
-    over["snap_to_pixels"] = ae_cfg.kind == "pixels"
-    over["change_gate"] = cfg.change_gate and ae_cfg.kind == "pixels"
-    dyn_cfg = DynamicsConfig(**{**size["dyn"], **over})
-    check_model_config(ae_cfg, dyn_cfg)
-    K = dyn_cfg.context
+def loop_configs(cfg: TrainConfig, preset: SizePreset, world_size: int) -> tuple[LoopConfig, LoopConfig]:
+    """(autoencoder, dynamics) loop settings: the preset's, with the options given."""
     if cfg.dyn_lr is not None and not cfg.dyn_lr > 0:  # also refuses nan
         raise SimulacraError(f"--dyn-lr must be a positive learning rate, not {cfg.dyn_lr}")
-    ae_loop = LoopConfig(
-        cfg.ae_steps or size["ae_steps"], cfg.batch_size or size["ae_batch"], size["ae_lr"], ckpt_every=cfg.ckpt_every
-    )
-    dyn_loop = LoopConfig(
-        cfg.dyn_steps or size["dyn_steps"],
-        cfg.batch_size or size["dyn_batch"],
-        cfg.dyn_lr or size["dyn_lr"],
-        ckpt_every=cfg.ckpt_every,
-    )
+    batch = cfg.batch_size
+    ae_loop = LoopConfig(cfg.ae_steps or preset.ae_steps, batch or preset.ae_batch, preset.ae_lr)
+    dyn_loop = LoopConfig(cfg.dyn_steps or preset.dyn_steps, batch or preset.dyn_batch, cfg.dyn_lr or preset.dyn_lr)
     for loop in (ae_loop, dyn_loop):
         if loop.batch_size % world_size:
             raise SimulacraError(f"batch size {loop.batch_size} does not split over {world_size} processes")
+        loop.ckpt_every = cfg.ckpt_every
         loop.warmup = min(loop.warmup, max(1, loop.steps // 10))
-    minutes = budget_minutes(cfg)
-    run = Path(cfg.out or f"runs/{Path(root).name}-{cfg.size}")
-    if (run / "config.json").exists() and not cfg.resume:
-        raise SimulacraError(f"{run} already holds a run; pass --resume to continue it or --out elsewhere")
-    action_space = ds.info.get("action_space", {"type": "none"})
+    return ae_loop, dyn_loop
+
+
+def training_episodes(ds: Dataset, root: str, cfg: TrainConfig, K: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) episodes. Training skips, and says so, episodes without actions (the dynamics
+    model is action-conditioned) and episodes shorter than one K-step window."""
+    from simulacra.data import split_episodes
+
     train_eps, held_eps = split_episodes(ds, cfg.holdout, cfg.seed)
-    train_eps = [i for i in train_eps if ds.episodes[i].has_actions and ds.episodes[i].length >= K]
+    no_actions = [i for i in train_eps if not ds.episodes[i].has_actions]
+    short = [i for i in train_eps if ds.episodes[i].has_actions and ds.episodes[i].length < K]
+    say = log.info if dist_info()[0] == 0 else log.debug  # once, not once per DDP process
+    if no_actions:
+        say(
+            "skipping %d action-free training episode(s) %s: the dynamics model needs actions",
+            len(no_actions),
+            no_actions,
+        )
+    if short:
+        say("skipping %d training episode(s) %s shorter than the context (%d steps)", len(short), short, K)
+    train_eps = [i for i in train_eps if i not in no_actions and i not in short]
     if not train_eps:
         raise SimulacraError(f"{root}: no training episode has actions and at least {K} steps")
-    resolved = {
-        "train": asdict(cfg), "data": str(root), "size": cfg.size, "world_size": world_size,
-        "autoencoder": asdict(ae_cfg), "dynamics": asdict(dyn_cfg), "ae_loop": asdict(ae_loop), "dyn_loop": asdict(dyn_loop),
-        "minutes_budget": minutes, "action_space": action_space, "frame_shape": ds.info["frame_shape"], "preset": ds.info.get("preset_config"),
-        "fps": ds.info.get("fps", 15), "train_episodes": train_eps, "holdout_episodes": held_eps,
-    }  # fmt: skip
-    writer = None
-    if rank == 0:
-        print("train config:", json.dumps(resolved, indent=1, default=str))
-        save_run_config(run, resolved)
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    return train_eps, held_eps
 
-            writer = SummaryWriter(str(run / "tb"))
-    torch.manual_seed(cfg.seed)
 
-    # stage 1: autoencoder on single frames
-    ae = Autoencoder(ae_cfg)
-    frame_index = np.array([(i, t) for i in train_eps for t in range(ds.episodes[i].length + 1)])
+# ---- the pipeline: data set -> autoencoder -> latents -> dynamics -> world ----------------------
+@dataclass
+class Plan:
+    """A resolved run: everything its stages need, decided (and checked) before anything is written."""
 
-    def ae_batch(step: int, r: int, w: int) -> dict:
-        idx = step_indices(cfg.seed, 1, step, len(frame_index), ae_loop.batch_size, r, w)
+    cfg: TrainConfig
+    ds: Dataset
+    run: Path
+    ae: AutoencoderConfig
+    dyn: DynamicsConfig
+    ae_loop: LoopConfig
+    dyn_loop: LoopConfig
+    minutes: float | None
+    t_begin: float
+    """time.time() the run's wall-clock budget counts from."""
+    train_eps: list[int]
+    config: dict
+    """What config.json records: the resolved config, and the step counts reached once they are known."""
+
+    def budget(self, share: float) -> Budget | None:
+        """The budget of a stage that must end after ``share`` of the run's minutes, if the run has any."""
+        return Budget(self.t_begin + 60 * self.minutes * share) if self.minutes else None
+
+
+def plan_run(cfg: TrainConfig, t_begin: float) -> Plan:
+    """Resolve and check every option; nothing is written yet."""
+    from simulacra.data import Dataset
+
+    rank, world_size = dist_info()
+    preset = size_preset(cfg.size)
+    root, guessed = resolve_dataset(cfg.data)
+    if guessed and rank == 0:
+        log.info("(using the most recent data set: %s)", root)
+    ds = Dataset.open(root)
+    ae_cfg, dyn_cfg = model_configs(cfg, preset)
+    check_model_config(ae_cfg, dyn_cfg)
+    ae_loop, dyn_loop = loop_configs(cfg, preset, world_size)
+    minutes = budget_minutes(cfg)
+    run = Path(cfg.out) if cfg.out else default_run_dir(root, cfg.size)
+    if (run / "config.json").exists() and not cfg.resume:
+        raise SimulacraError(f"{run} already holds a run; pass --resume to continue it or --out elsewhere")
+    train_eps, held_eps = training_episodes(ds, root, cfg, dyn_cfg.context)
+    config = {
+        "train": asdict(cfg),
+        "data": str(root),
+        "size": cfg.size,
+        "world_size": world_size,
+        "autoencoder": asdict(ae_cfg),
+        "dynamics": asdict(dyn_cfg),
+        "ae_loop": asdict(ae_loop),
+        "dyn_loop": asdict(dyn_loop),
+        "minutes_budget": minutes,
+        "action_space": ds.info.get("action_space", {"type": "none"}),
+        "frame_shape": ds.info["frame_shape"],
+        "preset": ds.info.get("preset_config"),
+        "fps": ds.info.get("fps", 15),
+        "train_episodes": train_eps,
+        "holdout_episodes": held_eps,
+    }
+    return Plan(cfg, ds, run, ae_cfg, dyn_cfg, ae_loop, dyn_loop, minutes, t_begin, train_eps, config)
+
+
+@dataclass
+class Stage:
+    """One model of the run and how the loop trains it."""
+
+    name: str
+    """Names its progress bar, TensorBoard tags and checkpoints/<name> folder."""
+    model: torch.nn.Module
+    get_batch: BatchFn
+    loop: LoopConfig
+    loop_key: str
+    """The config.json entry of its loop settings, whose ``steps`` records the count reached."""
+    budget: Budget | None = None
+    trainable: bool = True
+    """False for a model with nothing to learn (the 'pixels' autoencoder): the stage is skipped."""
+    weights: Path | None = None
+    """Where its trained weights are kept apart from the world, so that a resumed run loads them
+    instead of training the stage again."""
+    result: FitResult | None = field(default=None, init=False)
+
+
+def autoencoder_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
+    """Stage 1: the frame autoencoder, on single frames of the training episodes."""
+    ds, seed, B = plan.ds, plan.cfg.seed, plan.ae_loop.batch_size
+    torch.manual_seed(seed)
+    ae = Autoencoder(plan.ae)
+    frame_index = np.array([(i, t) for i in plan.train_eps for t in range(ds.episodes[i].length + 1)])
+
+    def get_batch(step: int, r: int, w: int) -> dict:
+        idx = step_indices(seed, 1, step, len(frame_index), B, r, w)
         frames = np.stack([ds.frames(int(i), int(t), int(t) + 1)[0] for i, t in frame_index[idx]])
-        return {
-            "frames": torch.from_numpy(frames).permute(0, 3, 1, 2),
-            "keys": sample_keys(cfg.seed, 1, step, ae_loop.batch_size, r, w),
-        }
+        return {"frames": torch.from_numpy(frames).permute(0, 3, 1, 2), "keys": sample_keys(seed, 1, step, B, r, w)}
 
-    ae_done = run / "world" / "autoencoder.safetensors"
-    if not ae.trainable:
-        pass  # a patch grid of pixels: nothing to learn
-    elif cfg.resume and ae_done.exists():
-        ae.load_state_dict(load_file(ae_done))
-    else:
-        if minutes:
-            ae_loop.deadline = t_begin + 60 * minutes * ae_loop.steps / (ae_loop.steps + dyn_loop.steps)
-        fit(ae, ae_batch, ae_loop, run / "checkpoints" / "autoencoder", "autoencoder", cfg.resume, writer, resolved)
-        resolved["ae_loop"]["steps"] = ae_loop.steps  # what a --minutes budget left of the plan
-        if rank == 0:
-            (run / "world").mkdir(parents=True, exist_ok=True)
-            save_file(
-                {k: v.contiguous() for k, v in ae.state_dict().items()}, run / "world" / ".tmp-autoencoder.safetensors"
-            )
-            os.replace(run / "world" / ".tmp-autoencoder.safetensors", ae_done)
-    ae.cpu().eval()
+    share = plan.ae_loop.steps / (plan.ae_loop.steps + plan.dyn_loop.steps)
+    weights = plan.run / "world" / "autoencoder.safetensors"
+    return Stage("autoencoder", ae, get_batch, plan.ae_loop, "ae_loop", plan.budget(share), ae.trainable, weights)
 
-    # latents of every training frame, once (the autoencoder is frozen from here on)
+
+def encode_episodes(ae: Autoencoder, ds: Dataset, episodes: list[int]) -> tuple[dict[int, torch.Tensor], float]:
+    """Latents of every frame of ``episodes``, once (the autoencoder is frozen from here on), and their std."""
     latents = {}
     with torch.no_grad():
-        for i in train_eps:
-            f = torch.from_numpy(ds.frames(i)).permute(0, 3, 1, 2)
+        for i in episodes:
+            f = torch.from_numpy(np.array(ds.frames(i))).permute(0, 3, 1, 2)  # a writable copy
             latents[i] = torch.cat([ae.encode(f[j : j + 256]) for j in range(0, len(f), 256)])
-    std = float(torch.cat([z.flatten() for z in latents.values()]).std().clamp_min(1e-3))
+    return latents, float(torch.cat([z.flatten() for z in latents.values()]).std().clamp_min(1e-3))
 
-    # stage 2: dynamics (+ heads) on K-step latent windows
-    torch.manual_seed(cfg.seed + 1)
-    dyn = Dynamics(dyn_cfg, ae.latent_channels, action_space)
+
+def dynamics_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
+    """Stage 2: the dynamics model (+ heads), on K-step windows of normalised latents."""
+    ae = done["autoencoder"].model
+    ds, seed, K, B = plan.ds, plan.cfg.seed, plan.dyn.context, plan.dyn_loop.batch_size
+    latents, std = encode_episodes(ae, ds, plan.train_eps)
+    torch.manual_seed(seed + 1)
+    dyn = Dynamics(plan.dyn, ae.latent_channels, plan.config["action_space"])
     dyn.latent_std.fill_(std)
-    arrays = {i: {k: torch.from_numpy(np.array(v)) for k, v in ds.arrays(i).items()} for i in train_eps}
-    win_index = np.array([(i, s) for i in train_eps for s in range(ds.episodes[i].length - K + 1)])
+    arrays = {i: {k: torch.from_numpy(np.array(v)) for k, v in ds.arrays(i).items()} for i in plan.train_eps}
+    win_index = np.array([(i, s) for i in plan.train_eps for s in range(ds.episodes[i].length - K + 1)])
 
-    def dyn_batch(step: int, r: int, w: int) -> dict:
-        idx = step_indices(cfg.seed, 2, step, len(win_index), dyn_loop.batch_size, r, w)
+    def get_batch(step: int, r: int, w: int) -> dict:
+        idx = step_indices(seed, 2, step, len(win_index), B, r, w)
         pick = [(int(i), int(s)) for i, s in win_index[idx]]
         return {
             "latents": torch.stack([latents[i][s : s + K + 1] for i, s in pick]) / std,
             "action": torch.stack([arrays[i]["action"][s : s + K] for i, s in pick]),
             "reward": torch.stack([arrays[i]["reward"][s : s + K] for i, s in pick]),
             "terminated": torch.stack([arrays[i]["terminated"][s : s + K] for i, s in pick]),
-            "keys": sample_keys(cfg.seed, 2, step, dyn_loop.batch_size, r, w),
+            "keys": sample_keys(seed, 2, step, B, r, w),
         }
 
-    if minutes:
-        dyn_loop.deadline = t_begin + 60 * minutes
-    metrics = fit(dyn, dyn_batch, dyn_loop, run / "checkpoints" / "dynamics", "dynamics", cfg.resume, writer, resolved)
-    resolved["dyn_loop"]["steps"] = dyn_loop.steps
-    resolved["train_seconds"] = round(time.time() - t_begin, 1)  # of this invocation (a resume counts its own)
-    if rank == 0:
-        save_run_config(run, resolved)
-        World(ae, dyn.cpu().eval(), resolved).save(run / "world")
-        print(
-            f"trained world saved to {run / 'world'} (last dynamics metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})})"
+    return Stage("dynamics", dyn, get_batch, plan.dyn_loop, "dyn_loop", plan.budget(1.0))
+
+
+STAGES: tuple[Callable[[Plan, dict[str, Stage]], Stage], ...] = (autoencoder_stage, dynamics_stage)
+"""Each builds its stage from the plan and the stages trained before it."""
+
+
+def run_stage(plan: Plan, stage: Stage, writer=None) -> None:
+    """Train the stage through `fit` (or load it: nothing to learn, or already trained by a resumed
+    run), record the count of steps reached, and leave its model on the CPU in eval mode."""
+    ckpts = plan.run / "checkpoints" / stage.name
+    trained = plan.cfg.resume and stage.weights is not None and stage.weights.exists()
+    if stage.trainable and trained:
+        stage.model.load_state_dict(load_file(stage.weights))
+        last = latest_checkpoint(ckpts)
+        if last is not None:  # the count it reached, which a budget may have cut
+            plan.config[stage.loop_key]["steps"] = json.loads((last / "state.json").read_text())["total_steps"]
+    elif stage.trainable:
+        resume, config = plan.cfg.resume, plan.config
+        stage.result = fit(
+            stage.model, stage.get_batch, stage.loop, ckpts, stage.name, resume, writer, config, stage.budget
         )
+        plan.config[stage.loop_key]["steps"] = stage.result.steps
+        if stage.weights is not None and dist_info()[0] == 0:
+            stage.weights.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_tensors(stage.model.state_dict(), stage.weights)
+    stage.model.cpu().eval()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run every stage and write the world to <run>/world (safetensors + world.json)."""
+    from simulacra.world import World
+
+    t_begin = time.time()  # a --minutes budget counts from here
+    plan = plan_run(cfg, t_begin)
+    rank, world_size = dist_info()
+    if world_size > 1:
+        dist.barrier()  # every process has checked --out before rank 0 writes config.json there
+    writer = None
+    if rank == 0:
+        print("train config:", json.dumps(plan.config, indent=1, default=str))
+        save_run_config(plan.run, plan.config)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(plan.run / "tb"))
+    done: dict[str, Stage] = {}
+    for build in STAGES:
+        stage = build(plan, done)
+        run_stage(plan, stage, writer)
+        done[stage.name] = stage
+    plan.config["train_seconds"] = round(time.time() - t_begin, 1)  # of this invocation (a resume counts its own)
+    if rank == 0:
+        save_run_config(plan.run, plan.config)
+        World(done["autoencoder"].model, done["dynamics"].model, plan.config).save(plan.run / "world")
+        last = done["dynamics"].result.metrics if done["dynamics"].result else {}
+        print(f"trained world saved to {plan.run / 'world'} (last dynamics metrics: {_rounded(last)})")
         if writer is not None:
             writer.close()
     if world_size > 1:
         dist.barrier()
-    return run / "world"
+    return plan.run / "world"
+
+
+def _rounded(metrics: dict[str, float]) -> str:
+    return json.dumps({k: round(v, 4) for k, v in metrics.items()})

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulacra import layout
 from simulacra.errors import SimulacraError
 
 
@@ -40,8 +41,9 @@ class EvalConfig:
     delta_horizon: int = 16
     """ΔPSNR: mean PSNR over horizons 1..this with the true actions minus with uniformly random actions."""
     idm_steps: int = 1500
-    """Training steps (batch 64) of the inverse-dynamics model on real pairs of group A. At 400 it had
-    not yet learned Pong's 1-pixel paddle (it predicted one class: 0.196 with chance 0.196; 0.385 at 1500)."""
+    """Training steps (batch 64) of the inverse-dynamics model on real pairs of group A. Small sprites (a
+    one-pixel paddle) are learned late, after the IDM has first settled on the majority class: too few
+    steps leave it at chance on real pairs, and then it measures nothing on generated ones."""
     idm_pairs: int = 512
     """Held-out pairs (group B) the IDM is scored on, real and generated alike."""
     drift_steps: int = 256
@@ -64,21 +66,6 @@ class EvalConfig:
     """Seeds the world's sampling noise, the random actions, the A/B split, sub-sampling and the IDM."""
     out: str | None = None
     """Where metrics.json, report.html and the videos go (default: <run>/eval)."""
-
-
-def _run_dir(path: str | None) -> tuple[Path, Path]:
-    """(run directory, world directory)."""
-    if path is None:
-        runs = sorted(Path("runs").glob("*/world/world.json"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise SimulacraError("no trained world under ./runs; pass --run RUN_DIR")
-        return runs[-1].parent.parent, runs[-1].parent
-    p = Path(path)
-    if (p / "world" / "world.json").exists():
-        return p, p / "world"
-    if (p / "world.json").exists():
-        return (p.parent if (p.parent / "config.json").exists() else p), p
-    raise SimulacraError(f"{p}: no trained world here (no world.json); train one with `simulacra train`")
 
 
 def _machine() -> dict:
@@ -115,10 +102,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             raise SimulacraError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.temperature is not None and not cfg.temperature >= 0:  # also refuses nan
         raise SimulacraError(f"--temperature must be 0 or more, not {cfg.temperature}")
-    run, world_dir = _run_dir(cfg.run)
+    run, world_dir = layout.resolve_run(cfg.run)
     world = World.load(world_dir)
     if cfg.temperature is not None:
-        world.dyn.cfg.temperature = cfg.temperature
+        world = world.with_options(temperature=cfg.temperature)
     out = Path(cfg.out) if cfg.out else run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.rng_seed)
@@ -141,11 +128,11 @@ def evaluate(cfg: EvalConfig) -> dict:
             "world_noise": "batched rollout chunk c resets the world with seed rng_seed + c",
         },
         "K": world.K,
-        "action_space": world.action_space,
+        "action_space": world.action_space.to_json(),
         "heldout": {**source, "frames": h.num_frames},
         "files": {},
     }
-    ol, arrays = measure.open_loop(world, h, cfg, rng)
+    ol, arrays = measure.open_loop(world, h, cfg)
     m["open_loop"] = ol
     m["controllability"] = measure.controllability(world, h, cfg, rng, arrays)
     m["drift"], drift_arrays = measure.drift(world, h, cfg, rng)

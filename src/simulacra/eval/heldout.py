@@ -8,8 +8,8 @@ gives the real reference frames). A single held-out episode is cut in two at its
 
 from __future__ import annotations
 
-import contextlib
-import io
+import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,9 @@ import numpy as np
 
 from simulacra.data import Dataset
 from simulacra.errors import SimulacraError
+from simulacra.spaces import ActionSpace
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +84,7 @@ def _seed_overlap(world_cfg: dict, ds: Dataset, eps: list[int]) -> list[str]:
 
 def record_fresh(world_cfg: dict, cfg, out: Path) -> tuple[Path, list[str]]:
     """Record cfg.episodes fresh episodes of the world's env into ``out`` (reused if already recorded alike)."""
-    from simulacra.data.record import record
+    from simulacra.data.record import record_episodes
 
     preset = world_cfg.get("preset")
     if not preset:
@@ -95,15 +98,10 @@ def record_fresh(world_cfg: dict, cfg, out: Path) -> tuple[Path, list[str]]:
         }
         if same and len(ds) == cfg.episodes:
             return out, [*notes, f"reused the episodes already recorded in {out}"]
-    print(
-        f"simulacra eval: recording {cfg.episodes} fresh episodes of {preset['env_id']} (seeds {cfg.seed}+) into {out}"
-    )
+    log.info("recording %d fresh episodes of %s (seeds %d+) into %s", cfg.episodes, preset["env_id"], cfg.seed, out)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the recorder's config dump; its progress bar stays
-            record(rc)
-    except BaseException:
-        import shutil
-
+        record_episodes(rc, progress=True)
+    except BaseException:  # half-recorded episodes must not be reused as held-out data next time
         shutil.rmtree(out, ignore_errors=True)
         raise
     return out, notes
@@ -142,8 +140,9 @@ def resolve(world_cfg: dict, cfg, eval_dir: Path) -> tuple[Dataset, list[int], d
         raise SimulacraError(f"{path}: no usable held-out episode (with actions and at least one step)")
     if list(ds.frame_shape) != list(world_cfg["frame_shape"]):
         raise SimulacraError(f"{path}: frames are {list(ds.frame_shape)}, the world's are {world_cfg['frame_shape']}")
-    if ds.info.get("action_space") != world_cfg["action_space"]:
-        raise SimulacraError(f"{path}: action space {ds.info.get('action_space')} is not the world's")
+    space = ActionSpace.from_json(ds.info.get("action_space"))
+    if space != ActionSpace.from_json(world_cfg["action_space"]):
+        raise SimulacraError(f"{path}: action space {space} is not the world's")
     if kind != "holdout":
         notes += _seed_overlap(world_cfg, ds, eps)
     return ds, eps, {"kind": kind, "path": str(path), "episodes": eps, "notes": notes}

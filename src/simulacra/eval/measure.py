@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import logging
 import math
 from pathlib import Path
 
@@ -12,11 +12,13 @@ from simulacra.errors import SimulacraError
 from simulacra.eval import idm, report
 from simulacra.eval import metrics as M
 from simulacra.eval.heldout import Heldout
-from simulacra.eval.rollouts import choose_starts, drift_actions, drift_starts, gather, random_actions, rollout, speed
+from simulacra.eval.rollouts import choose_starts, drift_actions, drift_starts, gather, rollout, speed
 from simulacra.world import World
 
+log = logging.getLogger(__name__)
 
-def open_loop(world: World, h: Heldout, cfg, rng: np.random.Generator) -> tuple[dict, dict]:
+
+def open_loop(world: World, h: Heldout, cfg) -> tuple[dict, dict]:
     """PSNR / SSIM per horizon for the model and the copy-last-frame baseline; sharpness ratio per horizon."""
     K, H = world.K, cfg.horizon
     starts = choose_starts(h, K, H, cfg.starts)
@@ -48,7 +50,7 @@ def _delta_psnr(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
     """Same starts, same sampling noise, uniformly random actions: how much do actions matter to PSNR?"""
     Hd = min(cfg.delta_horizon, cfg.horizon)
     ctx, ctx_a, real, mask = arrays["ctx"], arrays["ctx_a"], arrays["real"][:, :Hd], arrays["mask"][:, :Hd]
-    rand = random_actions(world.action_space, (len(ctx), Hd), rng)
+    rand = world.action_space.sample(rng, (len(ctx), Hd))
     gen_r = rollout(world, ctx, ctx_a, rand, cfg.batch_size, cfg.rng_seed)
     true_ = M.mean_of(M.masked_mean(arrays["p_model"][:, :Hd], mask))
     rnd = M.mean_of(M.masked_mean(M.psnr(gen_r, real), mask))
@@ -64,8 +66,8 @@ def controllability(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
     """IDM trained on real pairs of group A; scored on real and generated pairs of group B."""
     out = _delta_psnr(world, h, cfg, rng, arrays)
     space, K = world.action_space, world.K
-    if space["type"] not in ("discrete", "box"):
-        return {**out, "skipped": f"no IDM for action space {space['type']!r}"}
+    if space.kind not in ("discrete", "box"):
+        return {**out, "skipped": f"no IDM for action space {space.kind!r}"}
     out["what"] = (
         f"IDM (CNN on frame t, t+1) trained {cfg.idm_steps} steps on real pairs of group A, scored on pairs of "
         "group B: real (real t, real t+1); generated (t and the world's one-step prediction of t+1 from the K real "
@@ -74,7 +76,7 @@ def controllability(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
         "autoencoder would score); generated_real_first (real t, predicted t+1: the pair mixes real and decoded "
         "frames, whose difference shows the autoencoder's error everywhere, so it understates controllability). "
         "ratio = generated / real, ratio_vs_autoencoder = generated / reconstructed"
-        + ("." if space["type"] == "discrete" else " (on R^2).")
+        + ("." if space.kind == "discrete" else " (on R^2).")
     )
     A = [h.frames[g] for g in h.split_a]
     test = np.array([(g, t) for g in h.split_b for t in range(K - 1, len(h.frames[g]) - 1)], np.int64).reshape(-1, 2)
@@ -93,7 +95,7 @@ def controllability(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
     rec0, rec1 = rec(f0), rec(f1)
     tr = idm.transitions(A)
     tr = tr[rng.choice(len(tr), min(len(tr), cfg.idm_pairs), replace=False)]
-    key = "accuracy" if space["type"] == "discrete" else "r2"
+    key = "accuracy" if space.kind == "discrete" else "r2"
     out |= {
         "pairs": len(test),
         "real_train": idm.score(model, *idm.take(A, [h.actions[g] for g in h.split_a], tr)),
@@ -157,29 +159,25 @@ def drift(world: World, h: Heldout, cfg, rng) -> tuple[dict, dict]:
     return out, {"real": real, "gen": gen, "mask": mask}
 
 
-def fast_backends(world_dir: Path) -> dict:
-    """HOOK for alternative World backends (e.g. ONNX) to time beside eager: name -> loader returning a
-    World-like object (reset/step). Used when ``World.load`` takes a ``backend`` argument."""
-    if "backend" not in inspect.signature(World.load).parameters:
-        return {}
-    return {"onnx": lambda: World.load(world_dir, backend="onnx")}
-
-
 def speed_all(world: World, world_dir: Path, h: Heldout, cfg) -> dict:
+    """Frames/s of the eager world and, unless --no-onnx, of the same world on the ONNX backend."""
     g = max(range(len(h.frames)), key=lambda i: len(h.frames[i]))
     ctx = h.frames[g][: world.K]
     if len(ctx) < world.K:
         ctx = np.concatenate([np.repeat(ctx[:1], world.K - len(ctx), 0), ctx])
     kw = {"batches": (1, cfg.speed_batch), "steps": cfg.speed_steps, "seed": cfg.rng_seed}
-    out = {"eager": speed(world, ctx, world.action_space, **kw)}
-    for name, load in fast_backends(world_dir).items() if cfg.onnx else ():
-        try:
-            out[name] = speed(load(), ctx, world.action_space, **kw)
-        except Exception as e:  # a missing optional runtime must not sink the whole evaluation
-            out[name] = {"error": f"{type(e).__name__}: {e}"}
-    if len(out) == 1:
-        why = "--no-onnx" if cfg.onnx is False else "this World offers no alternative backend"
-        out["note"] = f"eager PyTorch only: {why} (hook: simulacra.eval.measure.fast_backends)"
+    out = {"eager": speed(world, ctx, **kw)}
+    if not cfg.onnx:
+        out["note"] = "eager PyTorch only: --no-onnx"
+        return out
+    try:
+        onnx = World.load(world_dir, backend="onnx")
+        if cfg.temperature is not None:
+            onnx = onnx.with_options(temperature=cfg.temperature)
+        out["onnx"] = speed(onnx, ctx, **kw)
+    except Exception as e:  # a missing optional runtime must not sink the whole evaluation
+        log.info("ONNX backend not timed: %s: %s", type(e).__name__, e)
+        out["onnx"] = {"error": f"{type(e).__name__}: {e}"}
     return out
 
 

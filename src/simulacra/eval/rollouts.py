@@ -3,8 +3,9 @@
 A start (segment g, step s) means: the context is the real frames s-K+1..s of segment g and the K-1
 actions between them; the rollout then applies actions s, s+1, ... and frame k of the rollout
 (k = 1..T) is compared with real frame s+k. Steps past the segment's end are masked out.
-Chunk c of a batched rollout resets the world with seed ``seed + c``, so two rollouts of the same
-starts with the same seed draw the same sampling noise (paired comparisons, e.g. true vs random actions).
+Chunk c of a batched rollout draws its sampling noise from ``world.generator(seed + c)``, so two
+rollouts of the same starts with the same seed draw the same noise (paired comparisons, e.g. true vs
+random actions).
 """
 
 from __future__ import annotations
@@ -15,18 +16,6 @@ import numpy as np
 
 from simulacra.eval.heldout import Heldout
 from simulacra.world import World
-
-
-def random_actions(space: dict, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    """Uniform samples from the action space, e.g. shape (B, T)."""
-    if space["type"] == "discrete":
-        lo = space.get("start", 0)
-        return rng.integers(lo, lo + space["n"], size=shape).astype(np.int64)
-    if space["type"] == "box":
-        low = np.nan_to_num(np.asarray(space["low"], np.float32), neginf=-1.0)
-        high = np.nan_to_num(np.asarray(space["high"], np.float32), posinf=1.0)
-        return rng.uniform(low, high, size=(*shape, *low.shape)).astype(np.float32)
-    return np.zeros(shape, np.int64)
 
 
 def choose_starts(h: Heldout, K: int, H: int, per_segment: int) -> list[tuple[int, int]]:
@@ -65,8 +54,8 @@ def rollout(world: World, ctx, ctx_a, actions, batch: int, seed: int) -> np.ndar
     """Batched open-loop rollouts: generated frames (N, T, H, W, 3)."""
     out = []
     for c, i in enumerate(range(0, len(ctx), batch)):
-        world.reset(ctx[i : i + batch], ctx_a[i : i + batch], seed=seed + c)
-        frames, _, _ = world.rollout(actions[i : i + batch])
+        state = world.reset(ctx[i : i + batch], ctx_a[i : i + batch])
+        _, frames, _, _ = world.rollout(state, actions[i : i + batch], world.generator(seed + c))
         out.append(frames)
     return np.concatenate(out)
 
@@ -94,22 +83,19 @@ def drift_starts(h: Heldout, K: int, n: int) -> list[tuple[int, int]]:
     return out
 
 
-def speed(world: World, ctx: np.ndarray, space: dict, batches=(1, 16), steps: int = 32, seed: int = 0) -> dict:
-    """Frames/s of world.step (decoded frames) at each batch size; context = one real frame stack."""
+def speed(world: World, ctx: np.ndarray, batches=(1, 16), steps: int = 32, seed: int = 0) -> dict:
+    """Frames/s of world.step (decoded frames) at each batch size; context = one real frame stack (K, H, W, 3)."""
     rng = np.random.default_rng(seed)
     out = {}
     for B in batches:
-        if B == 1:
-            world.reset(ctx, seed=seed)
-            acts = random_actions(space, (steps + 2,), rng)
-        else:
-            world.reset(np.repeat(ctx[None], B, 0), seed=seed)
-            acts = random_actions(space, (steps + 2, B), rng)
+        state = world.reset(np.repeat(ctx[None], B, 0))
+        g = world.generator(seed)
+        acts = world.action_space.sample(rng, (steps + 2, B))
         for a in acts[:2]:  # warm-up
-            world.step(a)
+            state, *_ = world.step(state, a, g)
         t0 = time.perf_counter()
         for a in acts[2:]:
-            world.step(a)
+            state, *_ = world.step(state, a, g)
         dt = time.perf_counter() - t0
         out[f"batch_{B}"] = {"frames_per_s": B * steps / dt, "ms_per_step": 1000 * dt / steps, "steps": steps}
     return out
