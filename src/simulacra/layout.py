@@ -7,13 +7,21 @@ resolved as data sets or runs.
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from simulacra.errors import SimulacraError
 
 DATASETS_DIR = Path("datasets")
 RUNS_DIR = Path("runs")
+LOCK_NAME = ".simulacra.lock"
+"""The writer lock of a data set or run folder: JSON naming the holder (pid, host, verb)."""
 TMP_PREFIX = ".tmp-"
 """Prefix of a file being written; readers ignore such names, and a crash leaves nothing else behind."""
 
@@ -106,3 +114,102 @@ def atomic_save_tensors(tensors: dict, path: str | os.PathLike) -> None:
     from safetensors.torch import save
 
     atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+# ---- paths read from user data -------------------------------------------------------------------
+def inside(root: str | os.PathLike, rel: str, what: str = "path") -> str:
+    """``root/rel`` for a relative ``rel`` that stays inside ``root``: absolute paths, '..' that climbs
+    out and (for local folders) symlinks that lead out are refused with one line. Works on fsspec URLs
+    too (there, only the text of the path is checked)."""
+    rel = str(rel)
+    if not rel or rel.startswith(("/", "\\")) or "://" in rel or (len(rel) > 1 and rel[1] == ":"):
+        raise SimulacraError(f"{root}: {what} {rel!r} is not a relative path inside the folder")
+    norm = posixpath.normpath(rel.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../"):
+        raise SimulacraError(f"{root}: {what} {rel!r} points outside the folder")
+    root_s = str(root)
+    if "://" in root_s:
+        return root_s.rstrip("/") + "/" + norm
+    base = Path(root_s).resolve()
+    full = (base / norm).resolve()
+    if full != base and base not in full.parents:
+        raise SimulacraError(f"{root}: {what} {rel!r} leads outside the folder (through a symlink)")
+    return str(Path(root_s) / norm)
+
+
+# ---- one writer per folder -----------------------------------------------------------------------
+def _alive(holder: dict) -> bool:
+    """Whether the lock's holder may still be running (a holder on another host is assumed to be)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> tuple[bytes, dict] | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        holder = json.loads(raw)
+        return raw, holder if isinstance(holder, dict) else {}
+    except ValueError:
+        # being written right now, or torn by a crash: fresh means a live writer, old means a dead one
+        age = time.time() - path.stat().st_mtime if path.exists() else 0
+        return raw, {} if age > 10 else {"pid": -1, "host": socket.gethostname(), "verb": "a writer", "fresh": True}
+
+
+@contextmanager
+def writer_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
+    """Hold ``folder``'s writer lock for ``verb`` (e.g. "record"): a second writer gets a one-line error
+    naming the holder's PID. A lock left by a killed process (its PID is gone) is taken over safely."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "verb": verb, "since": time.time()})
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            seen = _read_lock(path)
+            if seen is None:
+                continue  # released in between: try again
+            raw, holder = seen
+            if holder.get("fresh") or _alive(holder):
+                raise SimulacraError(
+                    f"{folder} is being written by `simulacra {holder.get('verb', '?')}` (PID {holder.get('pid', '?')}"
+                    f"{'' if holder.get('host') == socket.gethostname() else ' on ' + str(holder.get('host'))}); "
+                    f"wait for it to finish or write somewhere else"
+                ) from None
+            _take_over(path, raw)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+            f.flush()
+            os.fsync(f.fileno())
+        break
+    try:
+        yield
+    finally:
+        seen = _read_lock(path)
+        if seen is not None and seen[0].decode(errors="replace") == me:
+            path.unlink(missing_ok=True)
+
+
+def _take_over(path: Path, stale: bytes) -> None:
+    """Remove a dead writer's lock, unless another process replaced it meanwhile (then give it back)."""
+    grab = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+    try:
+        os.rename(path, grab)
+    except FileNotFoundError:
+        return
+    if grab.read_bytes() != stale:  # not the dead one's lock: someone took over first; put theirs back
+        with suppress(FileExistsError):
+            os.link(grab, path)
+    grab.unlink(missing_ok=True)
