@@ -32,6 +32,7 @@ import torch
 from simulacra.export import OnnxStep, StepGraph, export_step, frames_per_s, random_inputs
 from simulacra.models.autoencoder import Autoencoder
 from simulacra.models.dynamics import Dynamics
+from simulacra.spaces import ActionSpace
 from simulacra.train import SIZES
 from simulacra.world import World
 
@@ -39,9 +40,9 @@ from simulacra.world import World
 def random_world(size: str, frame: int) -> World:
     torch.manual_seed(0)
     ae = Autoencoder(SIZES[size].ae)
-    space = {"type": "discrete", "n": 4, "start": 0}
+    space = ActionSpace.discrete(4)
     dyn = Dynamics(SIZES[size].dyn, ae.latent_channels, space)
-    config = {"autoencoder": asdict(ae.cfg), "dynamics": asdict(dyn.cfg), "action_space": space}
+    config = {"autoencoder": asdict(ae.cfg), "dynamics": asdict(dyn.cfg), "action_space": space.to_json()}
     return World(ae, dyn, config | {"frame_shape": [frame, frame, 3]})
 
 

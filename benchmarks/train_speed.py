@@ -28,6 +28,7 @@ import torch
 
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
 from simulacra.models.dynamics import Dynamics
+from simulacra.spaces import ActionSpace
 from simulacra.train import SIZES, LoopConfig, fit, sample_keys
 
 
@@ -38,7 +39,7 @@ def measure(
     ae = Autoencoder(AutoencoderConfig(kind="pixels"))
     C, h, w = ae.latent_channels, frame // ae.cfg.patch, frame // ae.cfg.patch
     dyn_cfg = replace(preset.dyn, snap_to_pixels=True)
-    space = {"type": "discrete", "n": 6, "start": 0}
+    space = ActionSpace.discrete(6)
     torch.manual_seed(0)
     model = Dynamics(dyn_cfg, C, space)
     B, K = batch or preset.dyn_batch, dyn_cfg.context
