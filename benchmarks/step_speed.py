@@ -29,12 +29,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from simulacra.export import OnnxStep, StepGraph, export_step, frames_per_s, random_inputs
+from simulacra.export import frames_per_s
 from simulacra.models.autoencoder import Autoencoder
 from simulacra.models.dynamics import Dynamics
 from simulacra.spaces import ActionSpace
 from simulacra.train import SIZES
 from simulacra.world import World
+from simulacra.world.onnx import OnnxStep, StepGraph, export_step, random_inputs
 
 
 def random_world(size: str, frame: int) -> World:

@@ -14,8 +14,8 @@ from conftest import make_synthetic
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from simulacra.export import TOLERANCE, fingerprint, is_current, tolerance  # noqa: E402
 from simulacra.world import World  # noqa: E402
+from simulacra.world.onnx import TOLERANCE, fingerprint, is_current, tolerance  # noqa: E402
 
 SIM = [sys.executable, "-m", "simulacra.cli"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 shared cores: oversubscribed threads crawl

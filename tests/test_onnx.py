@@ -10,7 +10,10 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from simulacra.export import (  # noqa: E402
+from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
+from simulacra.models.dynamics import Dynamics, DynamicsConfig  # noqa: E402
+from simulacra.world import TorchStep, World  # noqa: E402
+from simulacra.world.onnx import (  # noqa: E402
     TOLERANCE,
     OnnxStep,
     StepGraph,
@@ -19,9 +22,6 @@ from simulacra.export import (  # noqa: E402
     random_inputs,
     tolerance,
 )
-from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
-from simulacra.models.dynamics import Dynamics, DynamicsConfig  # noqa: E402
-from simulacra.world import TorchStep, World  # noqa: E402
 
 SPACES = {
     "discrete": {"type": "discrete", "n": 5, "start": 0},

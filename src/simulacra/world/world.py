@@ -96,7 +96,7 @@ class World:
 
     def use_onnx(self, path: str | Path | None = None, threads: int = 2) -> World:
         """Step with ONNX Runtime from now on (same draws, same dream within one 8-bit level)."""
-        from simulacra.export import default_path, ensure_exported
+        from simulacra.world.onnx import default_path, ensure_exported
 
         if self.device.type != "cpu":
             raise SimulacraError("the onnx backend runs on the CPU; this world is on " + str(self.device))
