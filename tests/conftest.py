@@ -39,3 +39,52 @@ def make_synthetic(root, lengths=(40, 25, 7), discrete=True, frame=16, seed=0, b
 def synthetic(tmp_path):
     root = tmp_path / "ds"
     return root, make_synthetic(root)
+
+
+def snapshot(*roots) -> dict:
+    """sha256 of every file under ``roots`` (hidden ones included; symlinks as where they point): "the data
+    is intact" is ``snapshot(...)`` before == after."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    out = {}
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            out[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
+            continue
+        for folder, dirs, files in os.walk(root):
+            for name in dirs:
+                out[os.path.join(folder, name) + "/"] = "dir"
+            for name in files:
+                p = Path(folder) / name
+                # a symlink by its target (never read through: tests check files outside stay unread)
+                out[str(p)] = f"-> {os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``simulacra ARGS`` in this process: (exit code, stdout, stderr)."""
+    from simulacra.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *names: str) -> str:
+    """A refusal as the issue wants it: non-zero exit, exactly one stderr line, naming what was wrong, and one
+    simulacra anticipated (not the CLI's catch-all for unexpected exceptions, which asks for --debug)."""
+    lines = err.strip().splitlines()
+    assert code != 0, f"exit code {code}, stderr {err!r}"
+    assert len(lines) == 1, f"want one stderr line, got {lines!r}"
+    assert "error:" in lines[0] and "--debug" not in lines[0] and "Traceback" not in err, lines[0]
+    for name in names:
+        assert name in lines[0], f"{name!r} not in {lines[0]!r}"
+    return lines[0]

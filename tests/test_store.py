@@ -148,7 +148,7 @@ def test_crash_leftovers_load_and_are_reported_then_repaired(synthetic):
     assert len(ds) == 3 and ds.torn_tail
     np.testing.assert_array_equal(ds.frames(2), eps[2]["frames"])
     report = ds.verify()
-    assert report["ok"] and len(report["lost"]) == 3
+    assert report["intact"] and not report["ok"] and len(report["lost"]) == 3  # leftovers are failures too
     repaired = repair_dataset(root)
     assert repaired["ok"] and not repaired["lost"] and repaired["episodes"] == 4
     ds = Dataset.open(root)

@@ -181,7 +181,8 @@ def writer_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
             if seen is None:
                 continue  # released in between: try again
             raw, holder = seen
-            if holder.get("fresh") or _alive(holder):
+            # {} is a lock torn long ago by a crash: its writer is gone
+            if holder.get("fresh") or (holder and _alive(holder)):
                 raise SimulacraError(
                     f"{folder} is being written by `simulacra {holder.get('verb', '?')}` (PID {holder.get('pid', '?')}"
                     f"{'' if holder.get('host') == socket.gethostname() else ' on ' + str(holder.get('host'))}); "

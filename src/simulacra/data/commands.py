@@ -11,6 +11,7 @@ import numpy as np
 from tyro.conf import Positional
 
 from simulacra import layout
+from simulacra.data.safety import MAX_RESOLUTION, check_output_file, check_output_folder, check_range
 from simulacra.data.store import Dataset
 from simulacra.errors import DatasetError, SimulacraError
 
@@ -102,12 +103,19 @@ class ViewConfig:
 def view(cfg: ViewConfig) -> int:
     from simulacra.data.video import write_episode_grid
 
+    check_range("--episodes", cfg.episodes, 1)
+    check_range("--max-frames", cfg.max_frames, 1)
+    check_range("--scale", cfg.scale, 1, 32)
+    check_range("--fps", cfg.fps, 1, 1000)
+    if cfg.out is not None:
+        check_output_file(cfg.out, "--out", (".mp4", ".gif"))
     root = _dataset(cfg.path)
     ds = Dataset.open(root)
     if not len(ds):
         raise DatasetError(f"{root}: has no complete episodes to show")
-    out = Path(cfg.out or f"{root}/preview.mp4")
-    fps = cfg.fps or int(ds.info.get("fps", 15))
+    out = Path(f"{root}/preview.mp4" if cfg.out is None else cfg.out)
+    check_output_file(out, "--out", (".mp4", ".gif"))
+    fps = int(ds.info.get("fps", 15)) if cfg.fps is None else cfg.fps
     n = write_episode_grid(ds, out, range(min(cfg.episodes, len(ds))), cfg.max_frames, cfg.scale, fps)
     print(f"wrote {out} ({n} frames at {fps} fps, {min(cfg.episodes, len(ds))} episodes)")
     return 0
@@ -142,7 +150,16 @@ def verify(cfg: VerifyConfig) -> int:
             print(f"  LOST     {item['file']}: {item['problem']}")
         if not report["problems"] and not report["lost"]:
             print("  everything checks out")
-    return 0 if report["ok"] else 1
+    if report["problems"]:  # the report went to stdout; the CLI adds one line on stderr and exits 1
+        first = report["problems"][0]["problem"]
+        raise DatasetError(f"{root}: {len(report['problems'])} damaged episode(s), first: {first}")
+    if report["lost"]:
+        first = report["lost"][0]
+        raise DatasetError(
+            f"{root}: {len(report['lost'])} leftover(s) of an interrupted write, first: {first['file']}: "
+            f"{first['problem']} (`simulacra data verify --repair` cleans up)"
+        )
+    return 0
 
 
 @dataclass
@@ -166,8 +183,13 @@ class ImportConfig:
 def import_(cfg: ImportConfig) -> int:
     from simulacra.data import interop
 
-    out = cfg.out or str(layout.DATASETS_DIR / Path(cfg.source.rstrip("/")).name)
-    if (Path(out) / "info.json").exists() and not cfg.overwrite:
+    check_range("--resolution", cfg.resolution, 8, MAX_RESOLUTION)
+    if not cfg.source:
+        raise SimulacraError("SOURCE must not be empty")
+    out = str(layout.DATASETS_DIR / Path(cfg.source.rstrip("/")).name) if cfg.out is None else cfg.out
+    check_output_folder(out, "--out")
+    busy = (Path(out) / layout.LOCK_NAME).exists()  # then the importer names the writer, under the lock
+    if (Path(out) / "info.json").exists() and not cfg.overwrite and not busy:  # before the source is read
         raise SimulacraError(f"{out} already holds a data set; pass --overwrite to replace it or --out elsewhere")
     ds = interop.IMPORTERS[cfg.format](
         cfg.source, out, overwrite=cfg.overwrite, resolution=cfg.resolution, image_key=cfg.image_key
@@ -195,6 +217,7 @@ class ExportConfig:
 def export(cfg: ExportConfig) -> int:
     from simulacra.data import interop
 
+    check_output_folder(cfg.out, "--out")
     root = _dataset(cfg.path)
     interop.EXPORTERS[cfg.format](Dataset.open(root), cfg.out, video=cfg.video, overwrite=cfg.overwrite)
     print(f"exported {root} to {cfg.out} ({cfg.format})")

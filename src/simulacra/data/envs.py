@@ -8,6 +8,7 @@ policies can read privileged state (track, block pose) inside the worker process
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -29,15 +30,26 @@ _ENV_PACKAGES = {
 }
 
 
-def _register(env_id: str) -> None:
+def _register(env_id: str) -> str:
+    """Import what registers ``env_id`` (a known package, or the MODULE of a Gymnasium "MODULE:ID");
+    return the id as the registry knows it."""
+    if ":" in env_id:  # Gymnasium's "module:EnvId": importing the module registers the env
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise SimulacraError(f"env {module}:{env_id}: cannot import {module!r} ({type(e).__name__}: {e})") from None
     for prefix, module in _ENV_PACKAGES.items():
         if env_id.startswith(prefix):
+            if prefix == "MiniWorld-":  # pyglet reads this at import: render offscreen, no display needed
+                os.environ.setdefault("PYGLET_HEADLESS", "1")
             try:
                 mod = importlib.import_module(module)
             except ImportError as e:
                 raise SimulacraError(f"env {env_id!r} needs the package for {module!r}: {e}") from None
             if module == "ale_py":
                 gym.register_envs(mod)
+    return env_id
 
 
 def _is_image(space: gym.Space) -> bool:
@@ -132,10 +144,10 @@ def make_env(
     policy=None,
 ) -> FrameEnv:
     """Build a Gymnasium env whose observations are RGB frames of ``size``; clear errors if it can't."""
-    _register(env_id)
+    registered = _register(env_id)
     kwargs = dict(env_kwargs or {})
-    if env_id not in gym.registry:
-        close = [k for k in gym.registry if env_id.lower().split("/")[-1][:5] in k.lower()][:5]
+    if registered not in gym.registry:
+        close = [k for k in gym.registry if registered.lower().split("/")[-1][:5] in k.lower()][:5]
         hint = f" (did you mean one of {close}?)" if close else ""
         raise SimulacraError(f"unknown env id {env_id!r}{hint}")
     if frame_source in ("auto", "render"):

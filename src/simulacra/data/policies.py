@@ -345,5 +345,8 @@ POLICIES = {p.name: p for p in (RandomPolicy, CarRacingPolicy, PushTPolicy, Take
 
 def make_policy(name: str, **kwargs) -> Policy:
     if name not in POLICIES:
-        raise KeyError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
-    return POLICIES[name](**kwargs)
+        raise SimulacraError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))}")
+    try:
+        return POLICIES[name](**kwargs)
+    except TypeError as e:  # an option this policy does not take (e.g. --sticky for a scripted explorer)
+        raise SimulacraError(f"policy {name!r} does not take these options {sorted(kwargs)} ({e})") from None

@@ -6,8 +6,14 @@ prints the resolved config and a summary.
 
 Episode k is reset with seed ``seed + k`` and its exploration policy is seeded from the same number,
 so an episode's content depends only on (seed, k), not on how many env processes ran. Envs step in
-lockstep (Gymnasium vector env, autoreset off); each finished episode is written at once, so a
-crash loses only the episodes still in progress.
+lockstep (:class:`simulacra.data.pool.EnvPool`: every start-up and step has a deadline, ``env_timeout``;
+OpenGL-rendered envs get spawned workers); each finished episode is written at once, so a crash loses
+only the episodes still in progress.
+
+One writer per folder: the output folder's writer lock is held from before the env is probed to the
+last episode, so a second recorder (or import) into it is refused with one line naming this one's PID.
+Options are checked before anything is read or written; ``--overwrite`` only ever replaces a simulacra
+data set, never a folder of other files.
 """
 
 from __future__ import annotations
@@ -19,19 +25,24 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
 from simulacra import __version__, layout
 from simulacra.data.envs import make_env
-from simulacra.data.policies import make_policy
-from simulacra.data.store import DatasetWriter
+from simulacra.data.policies import POLICIES, make_policy
+from simulacra.data.pool import EnvPool, deadline, uses_opengl
+from simulacra.data.safety import MAX_RESOLUTION, check_output_folder, check_range, locked_output
+from simulacra.data.store import DatasetWriter, check_replaceable
 from simulacra.errors import SimulacraError
 from simulacra.presets import WorldPreset, get_preset
 from simulacra.spaces import ActionSpace
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+"""Reset seeds are handed to C envs that keep them in 32 bits."""
+MAX_NUM_ENVS = 256
 
 
 @dataclass
@@ -51,7 +62,7 @@ class RecordConfig:
     out: str | None = None
     """Data set directory (default: datasets/<preset>)."""
     overwrite: bool = False
-    """Replace an existing data set at --out."""
+    """Replace an existing data set at --out (never a folder that holds anything else)."""
     resolution: int | None = None
     """Frame size override (default: the preset's, 64)."""
     max_episode_steps: int | None = None
@@ -60,11 +71,34 @@ class RecordConfig:
     """Exploration policy override: random, carracing, pusht (default: the preset's)."""
     sticky: float | None = None
     """For the random policy: probability of repeating the previous action (default: the preset's)."""
+    env_timeout: float = 30.0
+    """Seconds an env may take for one reset or step before recording stops with an error (starting the
+    env processes may take twice as long)."""
+
+
+def check_options(cfg: RecordConfig) -> None:
+    """One line naming the option for any number out of range; runs before anything is read or written."""
+    check_range("--episodes", cfg.episodes, 1)
+    check_range("--num-envs", cfg.num_envs, 1, MAX_NUM_ENVS)
+    check_range("--seed", cfg.seed, 0, MAX_SEED)
+    if cfg.seed + cfg.episodes - 1 > MAX_SEED:
+        raise SimulacraError(f"--seed {cfg.seed} + --episodes {cfg.episodes} run past the largest seed {MAX_SEED}")
+    check_range("--resolution", cfg.resolution, 8, MAX_RESOLUTION)
+    check_range("--max-episode-steps", cfg.max_episode_steps, 1)
+    check_range("--sticky", cfg.sticky, 0.0, 1.0)
+    check_range("--env-timeout", cfg.env_timeout, 0.001, 86400)
+    if cfg.policy is not None and cfg.policy not in POLICIES:
+        raise SimulacraError(f"--policy {cfg.policy!r} is unknown; known policies: {', '.join(sorted(POLICIES))}")
+    if cfg.env_id is not None and not cfg.env_id.strip():
+        raise SimulacraError("--env-id must not be empty")
+    if cfg.out is not None and not cfg.out:
+        raise SimulacraError("--out must not be empty")
 
 
 def resolve_preset(cfg: RecordConfig) -> WorldPreset:
     if cfg.env_id is not None:
-        base = WorldPreset(name=cfg.env_id.replace("/", "_").lower(), env_id=cfg.env_id, description="generic env")
+        name = cfg.env_id.replace("/", "_").replace(":", "_").lower()
+        base = WorldPreset(name=name, env_id=cfg.env_id, description="generic env")
     else:
         base = get_preset(cfg.preset)
     over = {}
@@ -90,21 +124,48 @@ def _make(p: WorldPreset):
     )
 
 
-def _prepare(cfg: RecordConfig) -> tuple[WorldPreset, Path, ActionSpace]:
-    """Everything that can fail before a file is written: the options, the output folder, the env itself."""
-    if cfg.episodes < 1 or cfg.num_envs < 1:
-        raise SimulacraError("--episodes and --num-envs must be at least 1")
+def _prepare(cfg: RecordConfig) -> tuple[WorldPreset, Path]:
+    """What can be checked before anything is read or written: the options, the preset, the output folder."""
+    check_options(cfg)
     p = resolve_preset(cfg)
-    out = Path(cfg.out or layout.DATASETS_DIR / p.name)
-    if (out / "info.json").exists() and not cfg.overwrite:
-        raise SimulacraError(f"{out} already holds a data set; pass --overwrite to replace it or --out elsewhere")
-    probe = _make(p)  # fails here, in this process, with one line if the env (or its action space) is unusable
-    try:
-        probe.reset(seed=cfg.seed)  # a first frame must come out before anything is written
-        space = probe.space
-    finally:
-        probe.close()
-    return p, out, space
+    make_policy(p.policy, **p.policy_kwargs)  # one line for options this policy does not take
+    out = Path(layout.DATASETS_DIR / p.name if cfg.out is None else cfg.out)
+    check_output_folder(out, "--out")
+    check_replaceable(out, overwrite=True)  # never a folder of other files (the lock file would land there)
+    return p, out
+
+
+def _probe(cfg: RecordConfig, p: WorldPreset) -> ActionSpace:
+    """Build the env here and take its first frame: one line if it (or its action space) is unusable."""
+    t = 2 * cfg.env_timeout
+    with deadline(t, lambda: f"env {p.env_id} did not start within {t:g} s (--env-timeout sets the limit)"):
+        probe = _make(p)
+        try:
+            probe.reset(seed=cfg.seed)  # a first frame must come out before anything is written
+            return probe.space
+        finally:
+            probe.close()
+
+
+def _pool(cfg: RecordConfig, p: WorldPreset) -> EnvPool:
+    n = min(cfg.num_envs, cfg.episodes)
+    context = None
+    if n > 1 and uses_opengl(p.env_id):
+        context = "spawn"
+        log.info(
+            "%s renders with OpenGL, which hangs in forked processes: starting its %d env processes with 'spawn'",
+            p.env_id,
+            n,
+        )
+    return EnvPool(
+        partial(_make, p),
+        n,
+        p.env_id,
+        in_process=n == 1,
+        context=context,
+        start_timeout=2 * cfg.env_timeout,
+        step_timeout=cfg.env_timeout,
+    )
 
 
 def _write(cfg: RecordConfig, p: WorldPreset, out: Path, space: ActionSpace, progress: bool) -> Path:
@@ -120,15 +181,14 @@ def _write(cfg: RecordConfig, p: WorldPreset, out: Path, space: ActionSpace, pro
         "simulacra_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    writer = DatasetWriter(out, info, overwrite=cfg.overwrite)
-    n = min(cfg.num_envs, cfg.episodes)
-    thunks = [partial(_make, p)] * n
-    kw = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
-    envs = gym.vector.SyncVectorEnv(thunks, **kw) if n == 1 else gym.vector.AsyncVectorEnv(thunks, **kw)
+    envs = _pool(cfg, p)  # started (or failed) before the data set is created or replaced
     try:
+        writer = DatasetWriter(out, info, overwrite=cfg.overwrite)
         _run(envs, writer, cfg, p, space, progress)
-    finally:
-        envs.close()
+    except BaseException:
+        envs.close(kill=True)
+        raise
+    envs.close()
     return out
 
 
@@ -136,34 +196,58 @@ def record_episodes(cfg: RecordConfig, progress: bool = False) -> Path:
     """Record ``cfg.episodes`` episodes into ``cfg.out`` (default datasets/<preset>) and return that folder.
 
     Prints nothing; ``progress`` shows a tqdm bar on stderr. One-line SimulacraError, before anything is
-    written, for bad options, an existing data set (without ``overwrite``) or an env simulacra cannot use
-    (no pictures, a MultiDiscrete action space).
+    written, for bad options, an existing data set (without ``overwrite``), a folder of other files, a
+    folder another writer holds, or an env simulacra cannot use (no pictures, a MultiDiscrete action
+    space); and during recording for an env that stops answering (``env_timeout``).
     """
-    p, out, space = _prepare(cfg)
-    return _write(cfg, p, out, space, progress)
+    p, out = _prepare(cfg)
+    with locked_output(out, "record"):
+        check_replaceable(out, cfg.overwrite)
+        space = _probe(cfg, p)
+        return _write(cfg, p, out, space, progress)
 
 
 def record(cfg: RecordConfig) -> Path:
     """The `simulacra record` verb: record_episodes with the resolved config, a progress bar and a summary."""
-    p, out, space = _prepare(cfg)
-    print("record config:", json.dumps({**asdict(cfg), "resolved_preset": p.to_dict()}, indent=2))
-    out = _write(cfg, p, out, space, progress=True)
+    p, out = _prepare(cfg)
+    with locked_output(out, "record"):
+        check_replaceable(out, cfg.overwrite)
+        space = _probe(cfg, p)
+        print("record config:", json.dumps({**asdict(cfg), "resolved_preset": p.to_dict()}, indent=2))
+        out = _write(cfg, p, out, space, progress=True)
     print(f"recorded {cfg.episodes} episodes to {out}  (next: simulacra data info {out})")
     return out
 
 
-def _run(envs, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, space: ActionSpace, progress: bool) -> None:
+def _run(
+    envs: EnvPool, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, space: ActionSpace, progress: bool
+) -> None:
+    obs = envs.reset([cfg.seed + k for k in range(envs.num_envs)])  # env k starts with episode k
+    # the bar shows on a terminal only (disable=None): logs and pipes get no carriage-return noise
+    bar = tqdm(
+        total=cfg.episodes, unit="ep", desc=f"record {p.name}", dynamic_ncols=True, disable=None if progress else True
+    )
+    try:
+        _loop(envs, writer, cfg, p, space, bar, obs)
+    except BaseException:
+        bar.leave = False  # clear the bar, so the error line that follows stands alone
+        raise
+    finally:
+        bar.close()
+
+
+def _loop(
+    envs: EnvPool, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, space: ActionSpace, bar, obs
+) -> None:
     n = envs.num_envs
     episode_of = list(range(n))  # which episode k each env is playing (>= episodes: a discarded filler)
     next_k = n
-    obs, _ = envs.reset(seed=[cfg.seed + k for k in episode_of])
     bufs = [_new_buffer(obs[i]) for i in range(n)]
     done_count = 0
-    bar = tqdm(total=cfg.episodes, unit="ep", desc=f"record {p.name}", dynamic_ncols=True, disable=not progress)
     steps = 0
     while done_count < cfg.episodes:
-        actions = np.stack([np.asarray(a) for a in envs.call("explore_action")])
-        obs, rew, term, trunc, _ = envs.step(actions)
+        actions = np.stack([np.asarray(a) for a in envs.explore_actions()])
+        obs, rew, term, trunc = envs.step(actions)
         steps += n
         reset_mask = np.zeros(n, dtype=bool)
         seeds: list[int | None] = [None] * n
@@ -198,11 +282,10 @@ def _run(envs, writer: DatasetWriter, cfg: RecordConfig, p: WorldPreset, space: 
             reset_mask[i] = True
             seeds[i] = cfg.seed + episode_of[i]
         bar.set_postfix(steps=steps, refresh=False)
-        if reset_mask.any():
-            obs, _ = envs.reset(seed=seeds, options={"reset_mask": reset_mask})
+        if reset_mask.any() and done_count < cfg.episodes:
+            obs = envs.reset(seeds, reset_mask)
             for i in np.flatnonzero(reset_mask):
                 bufs[i] = _new_buffer(obs[i])
-    bar.close()
 
 
 def _new_buffer(frame: np.ndarray) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -11,6 +13,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from simulacra.data.store import Dataset
+from simulacra.errors import SimulacraError
+from simulacra.layout import TMP_PREFIX
 
 
 def grid_frames(episodes_THWC: Sequence[np.ndarray], scale: int = 1, pad: int = 2) -> np.ndarray:
@@ -31,11 +35,27 @@ def grid_frames(episodes_THWC: Sequence[np.ndarray], scale: int = 1, pad: int = 
 
 
 def write_video(path: Path, frames_THWC: np.ndarray, fps: int) -> None:
-    """mp4 (H.264 through the ffmpeg binary that imageio-ffmpeg ships) or gif, by suffix."""
+    """mp4 (H.264 through the ffmpeg binary that imageio-ffmpeg ships) or gif, by suffix. Written to a
+    temp name and renamed, so a failure never leaves half a video (nor replaces an old one); one line
+    naming the file if the folder or the encoder refuses."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gif":
-        iio.imwrite(path, frames_THWC, duration=1000 / fps, loop=0)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _encode(tmp, frames_THWC, fps, gif=path.suffix.lower() == ".gif")
+        os.replace(tmp, path)
+    except SimulacraError:
+        raise
+    except Exception as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:300]
+        raise SimulacraError(f"{path}: cannot write the video ({why})") from None
+
+
+def _encode(path: Path, frames_THWC: np.ndarray, fps: int, gif: bool) -> None:
+    if gif:
+        iio.imwrite(path, frames_THWC, extension=".gif", duration=1000 / fps, loop=0)
         return
     H, W = frames_THWC.shape[1:3]
     frames_THWC = np.pad(frames_THWC, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # yuv420p needs even sizes

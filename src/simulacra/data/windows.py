@@ -29,6 +29,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.ds, self.num_steps = ds, num_steps
         self.space = ds.action_space  # a data set whose actions no model can encode stops here, with one line
         episodes = range(len(ds)) if episodes is None else episodes
+        for i in episodes:  # each header once (cached): a manifest length its shard does not hold stops here,
+            ds.header(i)  # before a list of that many windows is built
         starts = [(i, s) for i in episodes for s in range(0, ds.episodes[i].length - num_steps + 1, stride)]
         if not starts:
             longest = max((ds.episodes[i].length for i in episodes), default=0)

@@ -3,8 +3,12 @@ that is created when the first frame shows the frame size, and inferring an acti
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -12,9 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from simulacra import __version__
+from simulacra import __version__, layout
 from simulacra.data.envs import to_rgb
-from simulacra.data.store import INFO, DatasetWriter
+from simulacra.data.safety import (
+    MAX_RESOLUTION,
+    check_output_folder,
+    check_range,
+    folder_entries,
+    locked_output,
+    remove_stale_partials,
+)
+from simulacra.data.store import INFO, DatasetWriter, is_dataset_folder
 from simulacra.errors import DatasetError, SimulacraError
 from simulacra.layout import fsync_dir
 from simulacra.spaces import ActionSpace
@@ -33,36 +45,111 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextmanager
-def staged_dir(out: str | os.PathLike, overwrite: bool, marker: str, what: str) -> Iterator[Path]:
+def staged_dir(
+    out: str | os.PathLike, overwrite: bool, marker: str, what: str, verb: str = "data import"
+) -> Iterator[Path]:
     """Yield a hidden sibling directory to write into; it replaces ``out`` only if the body succeeds.
 
-    On any failure the staging directory is deleted, so nothing half-written is left behind that looks
-    like a complete data set. Its files are fsynced before the rename, so a crash right after it cannot
-    leave a complete-looking folder of empty files. ``marker`` is the file that proves an existing ``out`` is a ``what`` and
-    may be replaced with ``overwrite``; any other non-empty directory is never deleted.
+    ``out``'s writer lock is held throughout, the final swap included, so a second writer gets one line
+    naming this one's PID. Staging folders that killed runs left for ``out`` are removed first. On any
+    failure the staging directory is deleted, so nothing half-written is left behind that looks like a
+    complete data set. Its files are fsynced before the swap, so a crash right after it cannot leave a
+    complete-looking folder of empty files. ``marker`` is the JSON file that proves an existing ``out`` is
+    a ``what`` and may be replaced with ``overwrite``; any other non-empty directory is never deleted.
     """
     out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise DatasetError(f"{out} exists and is not a directory")
-        if any(out.iterdir()):
-            if not (out / marker).exists():
-                raise DatasetError(f"{out} exists and is not a {what}; refusing to replace it (choose another --out)")
-            if not overwrite:
-                raise DatasetError(f"{out} already holds a {what}; pass --overwrite to replace it or --out elsewhere")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
+    check_output_folder(out, "--out")
+    _check_replaceable(out, True, marker, what)  # before the lock file lands in a folder that is not ours
+    with locked_output(out, verb):
+        _check_replaceable(out, overwrite, marker, what)  # under the lock: a live writer is named first
+        remove_stale_partials(out)
+        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_tree(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise SimulacraError(f"--out {out}: cannot write next to it ({e.strerror})") from None
+        try:
+            yield tmp
+            _fsync_tree(tmp)
+            _publish(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _check_replaceable(out: Path, overwrite: bool, marker: str, what: str) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a directory")
+    entries = folder_entries(out)
+    if not entries:
+        return
+    if not _is_a(out, marker):
+        raise DatasetError(f"{out} exists and is not a {what}; refusing to replace it (choose another --out)")
+    if not overwrite:
+        raise DatasetError(f"{out} already holds a {what}; pass --overwrite to replace it or --out elsewhere")
+
+
+def _is_a(out: Path, marker: str) -> bool:
+    """Whether ``out`` holds ``marker`` as the JSON object its format writes (simulacra: format "simulacra...")."""
+    if marker == INFO:
+        return is_dataset_folder(out)
+    try:
+        return isinstance(json.loads((out / marker).read_bytes()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the staged folder in ``out``'s place while ``out``'s writer lock stays in force: the lock file
+    is linked into the staged folder, then the two folders are swapped in one step (or, where the OS
+    cannot, entry by entry with the marker moved last) and the old contents deleted."""
+    lock, linked = out / layout.LOCK_NAME, False
+    if lock.exists():
+        try:
+            os.link(lock, tmp / layout.LOCK_NAME)
+            linked = True
+        except OSError:  # no hard links here: swap entry by entry below
+            pass
+    if (linked or not lock.exists()) and _exchange(tmp, out):
+        fsync_dir(out.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # the old contents, now under the staging name
+        return
+    (tmp / layout.LOCK_NAME).unlink(missing_ok=True)
+    for name in folder_entries(out):  # the fallback: out keeps its lock file all along
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    names = sorted(os.listdir(tmp), key=lambda n: n in (INFO, "meta"))  # the marker last
+    for name in names:
+        os.replace(tmp / name, out / name)
+    fsync_dir(out)
+    tmp.rmdir()
     fsync_dir(out.parent)
 
 
@@ -84,8 +171,7 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 def square(resolution: int | None) -> tuple[int, int] | None:
     if resolution is None:
         return None
-    if resolution < 8:
-        raise DatasetError(f"--resolution must be at least 8, got {resolution}")
+    check_range("--resolution", resolution, 8, MAX_RESOLUTION)
     return (resolution, resolution)
 
 

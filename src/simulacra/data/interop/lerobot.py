@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -43,9 +44,10 @@ from simulacra.data.interop.common import (
     square,
     staged_dir,
 )
+from simulacra.data.safety import reading
 from simulacra.data.store import INFO, Dataset
-from simulacra.errors import DatasetError
-from simulacra.layout import atomic_write
+from simulacra.errors import DatasetError, SimulacraError
+from simulacra.layout import atomic_write, inside
 from simulacra.spaces import ActionSpace, ActionSpaceError
 
 CODEBASE_VERSION = "v3.0"
@@ -358,20 +360,38 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+def _within(root: Path, rel: str | os.PathLike, what: str) -> Path:
+    """``root/rel`` if it stays inside ``root``: absolute paths, '..' and symlinks that lead out are refused
+    with one line before anything is opened."""
+    try:
+        return Path(inside(root, str(rel), what))
+    except SimulacraError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _found(root: Path, pattern: str, what: str) -> list[Path]:
+    """Files under ``root`` matching ``pattern``, each checked to stay inside ``root``."""
+    hits = sorted(p for p in root.glob(pattern) if p.is_file() or p.is_symlink())
+    return [_within(root, p.relative_to(root), what) for p in hits]
+
+
 def _read_episodes_meta(root: Path, info: dict) -> dict[int, dict]:
     """episode_index -> its row in meta/episodes (v3 parquet, or v2 episodes.jsonl), stats left out."""
     out = {}
-    for path in sorted(root.glob("meta/episodes/**/*.parquet")):
-        table = pq.read_table(path)
-        keep = [c for c in table.column_names if not c.startswith("stats/")]
-        for row in table.select(keep).to_pylist():
-            out[int(row["episode_index"])] = row
+    for path in _found(root, "meta/episodes/**/*.parquet", "episodes table"):
+        with reading(path, "not a readable episodes table"):
+            table = pq.read_table(path)
+            keep = [c for c in table.column_names if not c.startswith("stats/")]
+            for row in table.select(keep).to_pylist():
+                out[int(row["episode_index"])] = row
     legacy = root / "meta/episodes.jsonl"
     if not out and legacy.exists():
-        for line in legacy.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[int(row["episode_index"])] = row
+        legacy = _within(root, "meta/episodes.jsonl", "episodes list")
+        with reading(legacy, "not a readable episodes list"):
+            for line in legacy.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    out[int(row["episode_index"])] = row
     return out
 
 
@@ -393,56 +413,80 @@ class _VideoReader:
 
     def _locate(self, ep: int) -> tuple[Path, float]:
         row = self.episodes.get(ep)
-        if str(self.info.get("codebase_version", "")).startswith("v2"):
-            chunk = ep // int(self.info.get("chunks_size", 1000))
-            rel = self.info["video_path"].format(episode_chunk=chunk, video_key=self.key, episode_index=ep)
-            return self.root / rel, 0.0
-        if row is None or f"videos/{self.key}/chunk_index" not in row:
-            raise DatasetError(f"{self.root}: meta/episodes has no video location for episode {ep} ({self.key})")
-        rel = self.info["video_path"].format(
-            video_key=self.key, chunk_index=row[f"videos/{self.key}/chunk_index"],
-            file_index=row[f"videos/{self.key}/file_index"],
-        )  # fmt: skip
-        return self.root / rel, float(row[f"videos/{self.key}/from_timestamp"])
+        template = self.info.get("video_path")
+        with reading(self.root / "meta/info.json", f"video_path {template!r} does not give episode {ep}'s video"):
+            if str(self.info.get("codebase_version", "")).startswith("v2"):
+                chunk = ep // int(self.info.get("chunks_size", 1000))
+                rel = template.format(episode_chunk=chunk, video_key=self.key, episode_index=ep)
+                start = 0.0
+            else:
+                if row is None or f"videos/{self.key}/chunk_index" not in row:
+                    raise DatasetError(
+                        f"{self.root}: meta/episodes has no video location for episode {ep} ({self.key})"
+                    )
+                rel = template.format(
+                    video_key=self.key, chunk_index=row[f"videos/{self.key}/chunk_index"],
+                    file_index=row[f"videos/{self.key}/file_index"],
+                )  # fmt: skip
+                start = float(row[f"videos/{self.key}/from_timestamp"])
+        return _within(self.root, rel, "video path"), start
 
     def frames(self, ep: int, timestamps: np.ndarray) -> list[np.ndarray]:
         path, start = self._locate(ep)
         wanted = np.round((start + np.asarray(timestamps, np.float64)) * self.fps).astype(int)
         if path != self.path or wanted[0] < self.pos:
-            if not path.exists():
+            if not path.is_file():
                 raise DatasetError(f"{path}: video file is missing")
             self.path, self.it, self.pos = path, iio.imiter(path, plugin="FFMPEG"), 0
         out, frame = [], None
         h, w = self.hw
-        for k in wanted:
-            while self.pos <= k:
-                try:
-                    frame = next(self.it)
-                except StopIteration:
-                    raise DatasetError(f"{path}: ends after {self.pos} frames; episode {ep} needs frame {k}") from None
-                self.pos += 1
-            out.append(np.asarray(frame)[:h, :w])
+        with reading(path, "cannot decode the video"):
+            for k in wanted:
+                while self.pos <= k:
+                    try:
+                        frame = next(self.it)
+                    except StopIteration:
+                        self.path = None  # the iterator is spent: reopen next time
+                        raise DatasetError(
+                            f"{path}: ends after {self.pos} frames; episode {ep} needs frame {k}"
+                        ) from None
+                    self.pos += 1
+                out.append(np.asarray(frame)[:h, :w])
         return out
 
 
-def _decode_image(item: dict, root: Path) -> np.ndarray:
+def _decode_image(item, root: Path, where: str) -> np.ndarray:
+    """One image of LeRobot's image struct {bytes, path}: the bytes, or the file at ``path`` inside the
+    data set (absolute paths, '..' and symlinks out are refused before anything is opened)."""
+    if isinstance(item, bytes | bytearray):
+        item = {"bytes": item}
+    if not isinstance(item, dict):
+        raise DatasetError(f"{where}: an image is {type(item).__name__}, not LeRobot's image struct")
     data = item.get("bytes")
     if data is None:
         if not item.get("path"):
-            raise DatasetError(f"{root}: an image has neither bytes nor a path")
-        data = (root / item["path"]).read_bytes()
-    img = Image.open(io.BytesIO(data))
-    if img.mode not in ("RGB", "RGBA", "L"):
-        img = img.convert("RGB")
-    return np.asarray(img)
+            raise DatasetError(f"{where}: an image has neither bytes nor a path")
+        path = _within(root, item["path"], "image path")
+        with reading(path, "cannot read the image"):
+            data = path.read_bytes()
+        where = str(path)
+    with reading(where, "cannot decode an image"):
+        img = Image.open(io.BytesIO(data))
+        if img.mode not in ("RGB", "RGBA", "L"):
+            img = img.convert("RGB")
+        return np.asarray(img)
 
 
 def _infer_space(root: Path, info: dict, files: list[Path]) -> ActionSpace:
     """Discrete for one integer per step (n from the feature's names when it lists one per action), else a
     Box over the range of the actions seen, widened to meta/stats.json's min/max when it has them."""
     ft = info["features"]["action"]
-    acts = [_np(pq.read_table(f, columns=["action"]), "action") for f in files]
-    acts = [a.reshape(len(a), *([int(np.prod(ft["shape"]))] if ft["shape"] else [])) for a in acts if len(a)]
+    acts = []
+    for f in files:
+        with reading(f, "cannot read its actions"):
+            acts.append(_np(pq.read_table(f, columns=["action"]), "action"))
+    with reading(root / "meta/info.json", "the action feature does not fit the actions"):
+        acts = [a.reshape(len(a), *([int(np.prod(ft["shape"]))] if ft["shape"] else [])) for a in acts if len(a)]
     if not acts:
         return ActionSpace.none()
     integer = np.issubdtype(np.dtype(ft["dtype"]), np.integer)
@@ -452,9 +496,14 @@ def _infer_space(root: Path, info: dict, files: list[Path]) -> ActionSpace:
         return infer_action_space([a.reshape(-1).astype(np.int64) for a in acts], declared_n=named)
     space = infer_action_space([a.astype(np.float64) for a in acts])  # float actions: always a Box
     stats_path = root / "meta/stats.json"
-    st = json.loads(stats_path.read_text()).get("action", {}) if stats_path.exists() else {}
-    if "min" in st and "max" in st:
-        lo, hi = np.asarray(st["min"], np.float32).ravel(), np.asarray(st["max"], np.float32).ravel()
+    st = {}
+    if stats_path.exists():
+        stats_path = _within(root, "meta/stats.json", "stats file")
+        with reading(stats_path, "not readable statistics"):
+            st = json.loads(stats_path.read_text()).get("action", {})
+    if isinstance(st, dict) and "min" in st and "max" in st:
+        with reading(stats_path, "action min/max are not numbers"):
+            lo, hi = np.asarray(st["min"], np.float32).ravel(), np.asarray(st["max"], np.float32).ravel()
         if lo.size == hi.size == space.dim:
             low = np.minimum(np.asarray(space.low, np.float32), lo).reshape(space.shape)
             high = np.maximum(np.asarray(space.high, np.float32), hi).reshape(space.shape)
@@ -467,13 +516,22 @@ def import_lerobot(
 ) -> Dataset:
     root = Path(source)
     info_path = root / "meta/info.json"
-    if not info_path.exists():
+    if not root.is_dir() or not info_path.exists():
         raise DatasetError(f"{source}: not a LeRobot data set (missing meta/info.json)")
+    info_path = _within(root, "meta/info.json", "info file")
     try:
         info = json.loads(info_path.read_text())
         feats = info["features"]
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
         raise DatasetError(f"{info_path}: unreadable ({e})") from None
+    if not isinstance(feats, dict) or not all(isinstance(ft, dict) for ft in feats.values()):
+        raise DatasetError(f"{info_path}: features is not an object of feature objects")
+    for k, ft in feats.items():
+        if not isinstance(ft.get("shape", []), list) or not isinstance(ft.get("dtype", ""), str):
+            raise DatasetError(f"{info_path}: feature {k!r} has no dtype string and shape list")
+    fps = info.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < 1e6):
+        raise DatasetError(f"{info_path}: fps {fps!r} is not a positive number")
     version = str(info.get("codebase_version", ""))
     if not version.startswith(("v2", "v3")):
         raise DatasetError(f"{info_path}: LeRobot codebase_version {version!r} is not supported (v2.x and v3.x are)")
@@ -483,7 +541,7 @@ def import_lerobot(
     key = image_key or (IMAGE_KEY if IMAGE_KEY in cams else (cams[0] if cams else None))
     if key is None:
         raise DatasetError(f"{source}: has no image or video feature; simulacra learns from pixels")
-    files = sorted(root.glob("data/**/*.parquet"))
+    files = _found(root, "data/**/*.parquet", "data file")
     if not files:
         raise DatasetError(f"{source}: has no data/**/*.parquet files")
     ours = info.get("simulacra") or {}
@@ -498,7 +556,8 @@ def import_lerobot(
         raise DatasetError(f"{info_path}: {e}") from None
     episodes = _read_episodes_meta(root, info)
     video = feats[key]["dtype"] == "video"
-    reader = _VideoReader(root, info, key, episodes) if video else None
+    with reading(info_path, f"feature {key!r} is not a usable video feature"):
+        reader = _VideoReader(root, info, key, episodes) if video else None
     own_info = ours.get("info", {})
     extra = {
         "env_id": own_info.get("env_id"),
@@ -513,26 +572,30 @@ def import_lerobot(
     with staged_dir(out, overwrite, INFO, "simulacra data set") as tmp:
         writer = LazyWriter(tmp, base_info("lerobot", source, space, info.get("fps"), **extra))
         for f in files:
-            present = set(pq.read_schema(f).names)
-            table = pq.read_table(f, columns=[c for c in wanted if c in present])
+            with reading(f, "not a readable parquet file"):
+                present = set(pq.read_schema(f).names)
+                table = pq.read_table(f, columns=[c for c in wanted if c in present])
             if "episode_index" not in present or (not video and key not in present):
                 raise DatasetError(f"{f}: lacks the episode_index or {key!r} column")
-            ep_col = _np(table, "episode_index").astype(np.int64)
+            with reading(f, "its episode_index column is not integers"):
+                ep_col = _np(table, "episode_index").astype(np.int64)
             order = np.argsort(ep_col, kind="stable")
             groups = np.split(order, np.flatnonzero(np.diff(ep_col[order])) + 1)
             for rows in sorted(groups, key=lambda g: g[0]):  # episodes in file order
                 ep = int(ep_col[rows[0]])
-                sub = table.take(pa.array(rows))
-                sub = sub.take(pa.array(np.argsort(_np(sub, "frame_index"), kind="stable")))
-                if sub.num_rows < 2:
-                    skipped.append(ep)
-                    continue
-                if reader is not None:
-                    raw = reader.frames(ep, _np(sub, "timestamp"))
-                else:
-                    raw = [_decode_image(item, root) for item in sub.column(key).to_pylist()]
-                frames = np.stack([fit_frame(x, size) for x in raw])
-                _import_episode(writer, sub, frames, space, episodes.get(ep, {}), ep, source, f)
+                where = f"{f} episode {ep}"
+                with reading(where, "cannot import it"):
+                    sub = table.take(pa.array(rows))
+                    sub = sub.take(pa.array(np.argsort(_np(sub, "frame_index"), kind="stable")))
+                    if sub.num_rows < 2:
+                        skipped.append(ep)
+                        continue
+                    if reader is not None:
+                        raw = reader.frames(ep, _np(sub, "timestamp"))
+                    else:
+                        raw = [_decode_image(item, root, where) for item in sub.column(key).to_pylist()]
+                    frames = np.stack([fit_frame(x, size) for x in raw])
+                    _import_episode(writer, sub, frames, space, episodes.get(ep, {}), ep, source, f)
         writer.close(source)
         if skipped:  # episodes of one frame hold no step; say so in info.json
             atomic_write(tmp / INFO, json.dumps({**writer.writer.info, "skipped_episodes": skipped}, indent=2).encode())

@@ -27,8 +27,10 @@ from simulacra.data.interop.common import (
     square,
     staged_dir,
 )
+from simulacra.data.safety import reading
 from simulacra.data.store import INFO, Dataset
-from simulacra.errors import DatasetError
+from simulacra.errors import DatasetError, SimulacraError
+from simulacra.layout import inside
 from simulacra.spaces import ActionSpace, ActionSpaceError
 
 
@@ -40,6 +42,8 @@ def _find(source: str) -> Path:
         candidates += [base / source / "data"]
     for c in candidates:
         if (c / "metadata.json").exists():
+            if c == Path(source) / "data":
+                _within(Path(source), "data")  # a data/ that is a symlink out is not this data set's
             return c
     raise DatasetError(f"{source}: not a Minari data set (no data/metadata.json found)")
 
@@ -101,6 +105,54 @@ def _frames(ds) -> list[np.ndarray]:
     return list(ds[()])
 
 
+def _no_outside_storage(group, h5_path: Path) -> None:
+    """Refuse HDF5 objects whose bytes live in other files (external links, external raw storage, virtual
+    data sets): reading them would read files outside the data set being imported."""
+    import h5py
+
+    def walk(g, prefix=""):
+        for name in g:
+            link = g.get(name, getlink=True)
+            full = f"{prefix}{name}"
+            check_link(g, name, link, full)
+            if isinstance(link, h5py.HardLink) and isinstance(g[name], h5py.Group):
+                walk(g[name], full + "/")
+
+    def check_link(g, name, link, full):
+        if isinstance(link, h5py.ExternalLink):
+            raise DatasetError(f"{h5_path}: {full!r} links to another file ({link.filename}); refusing to follow it")
+        if isinstance(link, h5py.SoftLink):
+            return
+        item = g[name]
+        if isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+            raise DatasetError(f"{h5_path}: {full!r} stores its data in other files; refusing to read them")
+
+    walk(group)
+
+
+def _within(root: Path, rel: str) -> Path:
+    try:
+        return Path(inside(root, rel, "file"))
+    except SimulacraError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _import_episode(writer, ep, key, size, space, h5_path, name, env_id, data_dir) -> None:
+    obs = ep["observations"] if key is None else ep["observations"][key]
+    frames = np.stack([fit_frame(x, size) for x in _frames(obs)])
+    steps = len(ep["rewards"])
+    if len(frames) != steps + 1:
+        raise DatasetError(f"{h5_path} {name}: {len(frames)} observations for {steps} steps (want steps+1)")
+    actions = shape_actions(space, ep["actions"][()])
+    seed = ep.attrs.get("seed")
+    writer.add(
+        frames, actions, np.asarray(ep["rewards"][()], np.float32), ep["terminations"][()],
+        ep["truncations"][()], where=f"{h5_path} {name}",
+        seed=None if seed is None else int(seed), env_id=env_id, source="minari",
+        extra={"source_path": str(data_dir.parent.resolve()), "minari_episode": int(ep.attrs.get("id", -1))},
+    )  # fmt: skip
+
+
 def import_minari(
     source: str, out: str, overwrite: bool = False, resolution: int | None = None, image_key: str | None = None
 ) -> Dataset:
@@ -109,12 +161,17 @@ def import_minari(
     except ImportError:
         raise DatasetError("importing Minari data needs h5py: pip install 'simulacra[interop]'") from None
     data_dir = _find(source)
-    meta = json.loads((data_dir / "metadata.json").read_text())
+    meta_path = _within(data_dir, "metadata.json")
+    with reading(meta_path, "not readable Minari metadata"):
+        meta = json.loads(meta_path.read_text())
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: is not a JSON object")
     if meta.get("data_format", "hdf5") != "hdf5":
         raise DatasetError(f"{source}: Minari data_format {meta.get('data_format')!r} is not supported (hdf5 is)")
     h5_path = data_dir / "main_data.hdf5"
     if not h5_path.exists():
         raise DatasetError(f"{h5_path}: missing")
+    h5_path = _within(data_dir, "main_data.hdf5")
     env_id = None
     if meta.get("env_spec"):
         try:
@@ -122,10 +179,21 @@ def import_minari(
         except (ValueError, AttributeError):
             env_id = None
     size = square(resolution)
-    with h5py.File(h5_path, "r") as f:
-        names = sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k.split("_")[1]))
+    with reading(h5_path, "not a readable HDF5 file"):
+        f = h5py.File(h5_path, "r")
+    with f, reading(h5_path, "cannot import it"):
+        _no_outside_storage(f, h5_path)
+        names = [k for k in f if k.startswith("episode_")]
+        bad = [k for k in names if not k[len("episode_") :].isdigit()]
+        if bad:
+            raise DatasetError(f"{h5_path}: {bad[0]!r} is not named episode_<number>")
+        names.sort(key=lambda k: int(k[len("episode_") :]))
         if not names:
             raise DatasetError(f"{h5_path}: holds no episodes")
+        for name in names:
+            for part in ("observations", "actions", "rewards", "terminations", "truncations"):
+                if part not in f[name]:
+                    raise DatasetError(f"{h5_path} {name}: has no {part!r}")
         obs0 = f[names[0]]["observations"]
         if isinstance(obs0, h5py.Group):
             keys = _image_keys(obs0)
@@ -153,19 +221,7 @@ def import_minari(
         with staged_dir(out, overwrite, INFO, "simulacra data set") as tmp:
             writer = LazyWriter(tmp, info)
             for name in names:
-                ep = f[name]
-                obs = ep["observations"] if key is None else ep["observations"][key]
-                frames = np.stack([fit_frame(x, size) for x in _frames(obs)])
-                steps = len(ep["rewards"])
-                if len(frames) != steps + 1:
-                    raise DatasetError(f"{h5_path} {name}: {len(frames)} observations for {steps} steps (want steps+1)")
-                actions = shape_actions(space, ep["actions"][()])
-                seed = ep.attrs.get("seed")
-                writer.add(
-                    frames, actions, np.asarray(ep["rewards"][()], np.float32), ep["terminations"][()],
-                    ep["truncations"][()], where=f"{h5_path} {name}",
-                    seed=None if seed is None else int(seed), env_id=env_id, source="minari",
-                    extra={"source_path": str(data_dir.parent.resolve()), "minari_episode": int(ep.attrs.get("id", -1))},
-                )  # fmt: skip
+                with reading(f"{h5_path} {name}", "cannot import it"):
+                    _import_episode(writer, f[name], key, size, space, h5_path, name, env_id, data_dir)
             writer.close(source)
     return Dataset.open(out)

@@ -27,8 +27,10 @@ from simulacra.data.interop.common import (
     square,
     staged_dir,
 )
+from simulacra.data.safety import one_line, reading
 from simulacra.data.store import INFO, Dataset
-from simulacra.errors import DatasetError
+from simulacra.errors import DatasetError, SimulacraError
+from simulacra.layout import inside
 from simulacra.spaces import ActionSpace, ActionSpaceError
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mkv", ".mov")
@@ -64,8 +66,10 @@ def load_actions(path: Path) -> np.ndarray:
             a = np.asarray([[_number(c.strip()) for c in r] for r in rows])
             if a.ndim == 2 and a.shape[1] == 1:
                 a = a[:, 0]
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read actions ({e})") from None
+    except SimulacraError:
+        raise
+    except Exception as e:  # OSError, ValueError, EOFError (an empty .npy), csv.Error, ...
+        raise DatasetError(f"{path}: cannot read actions ({one_line(e)})") from None
     if a.dtype.kind not in "iufb":
         raise DatasetError(f"{path}: actions must be numbers, got {a.dtype}")
     if a.ndim == 0:
@@ -73,22 +77,28 @@ def load_actions(path: Path) -> np.ndarray:
     return a.astype(np.int64) if a.dtype.kind in "ib" else a
 
 
+def _within(folder: Path, name: str) -> Path:
+    """``folder/name`` if it stays in the folder (a symlink out is refused before it is opened)."""
+    try:
+        return Path(inside(folder, name, "file"))
+    except SimulacraError as e:
+        raise DatasetError(str(e)) from None
+
+
 def _actions_file(video: Path) -> Path | None:
     for suffix in ACTION_SUFFIXES:
         p = video.with_name(video.name[: -len(video.suffix)] + suffix)
-        if p.exists():
-            return p
+        if p.exists() or p.is_symlink():
+            return _within(video.parent, p.name)
     return None
 
 
 def _iter_frames(path: Path):
-    try:
-        if path.suffix == ".gif":
+    with reading(path, "cannot decode video"):
+        if path.suffix.lower() == ".gif":
             yield from iio.imiter(path)
         else:
             yield from iio.imiter(path, plugin="FFMPEG")
-    except (OSError, RuntimeError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot decode video ({e})") from None
 
 
 def _fps(path: Path) -> float | None:
@@ -109,20 +119,24 @@ def import_videos(
     folder = Path(source)
     if not folder.is_dir():
         raise DatasetError(f"{source}: not a folder of videos")
-    videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and (p.is_file() or p.is_symlink())
+    )
+    videos = [_within(folder, p.name) for p in videos]  # a symlink that leads out is refused, not read
     if not videos:
         raise DatasetError(f"{source}: holds no videos ({', '.join(VIDEO_SUFFIXES)})")
     action_files = {v: _actions_file(v) for v in videos}
     actions = {v: load_actions(p) for v, p in action_files.items() if p is not None}
     declared = folder / "action_space.json"
-    if declared.exists():
+    if declared.exists() or declared.is_symlink():
+        declared = _within(folder, declared.name)
         try:
             space = ActionSpace.from_json(json.loads(declared.read_text()))
-        except (ValueError, ActionSpaceError) as e:
+        except (ValueError, OSError, ActionSpaceError) as e:
             raise DatasetError(f"{declared}: not a usable action space ({e})") from None
     else:
         space = infer_action_space(list(actions.values()))
-    size = square(resolution or DEFAULT_RESOLUTION)
+    size = square(DEFAULT_RESOLUTION if resolution is None else resolution)
     info = base_info("videos", source, space, _fps(videos[0]))
     with staged_dir(out, overwrite, INFO, "simulacra data set") as tmp:
         writer = LazyWriter(tmp, info)

@@ -1,0 +1,280 @@
+"""Envs stepping in lockstep for the recorder: in worker processes, or in this process for one env.
+
+Why not Gymnasium's AsyncVectorEnv: its start-up waits for the workers without a timeout, so an env
+that hangs while it is built (an OpenGL renderer in a forked process does) hangs the recorder silently.
+Here every start-up, reset and step has a deadline; past it the workers are killed and a one-line
+SimulacraError names the env and suggests a fix. Workers also die with the recorder (PDEATHSIG on
+Linux, and end-of-file on their pipe), so a killed recording leaves no orphans.
+
+The calls an env sees are those AsyncVectorEnv made (reset(seed, options=None) first, then
+reset(seed, options={}) for each new episode, step(action)), so recordings stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+
+from simulacra.errors import SimulacraError
+
+log = logging.getLogger(__name__)
+
+GL_MODULES = ("pyglet", "OpenGL", "moderngl", "glfw", "mujoco")
+"""Modules whose presence after building an env means it renders with OpenGL: such envs hang in forked
+worker processes (Mesa's software renderer after fork), so their workers are spawned instead."""
+
+
+class EnvTimeout(SimulacraError):
+    """An env did not answer within its deadline."""
+
+
+def uses_opengl(env_id: str) -> bool:
+    """Whether ``env_id`` (after one was built in this process) renders with OpenGL."""
+    return env_id.startswith("MiniWorld-") or any(m in sys.modules for m in GL_MODULES)
+
+
+# ---- a deadline for code running in this process -------------------------------------------------
+@contextmanager
+def deadline(seconds: float, message: Callable[[], str]) -> Iterator[None]:
+    """Raise EnvTimeout(message()) if the body runs longer than ``seconds`` (SIGALRM, main thread only;
+    elsewhere the body runs without a deadline)."""
+    usable = (
+        seconds
+        and seconds > 0
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise EnvTimeout(message())
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---- the worker process --------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _describe(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg if isinstance(e, SimulacraError) else f"{type(e).__name__}: {msg}"
+
+
+def _worker(conn: Connection, make: Callable, parent_ends: list) -> None:
+    _die_with_parent()
+    for c in parent_ends:  # (fork) ends inherited from the parent: closing them lets EOF reach us
+        c.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the recorder's to handle
+    env = None
+    try:
+        env = make()
+        conn.send(("ok", None))
+        while True:
+            cmd, data = conn.recv()
+            if cmd == "reset":
+                obs, _ = env.reset(seed=data[0], options=data[1])
+                conn.send(("ok", obs))
+            elif cmd == "act":
+                conn.send(("ok", env.explore_action()))
+            elif cmd == "step":
+                obs, reward, terminated, truncated, _ = env.step(data)
+                conn.send(("ok", (obs, reward, terminated, truncated)))
+            elif cmd == "close":
+                break
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except BaseException as e:
+        with suppress(OSError, ValueError):
+            conn.send(("error", (_describe(e), traceback.format_exc())))
+    finally:
+        if env is not None:
+            with suppress(Exception):
+                env.close()
+        with suppress(OSError, ValueError):
+            conn.send(("closed", None))
+
+
+# ---- the pool ------------------------------------------------------------------------------------
+class EnvPool:
+    """``n`` envs from ``make`` (a picklable thunk), stepped in lockstep.
+
+    ``in_process`` runs one env here (deadlines by SIGALRM); otherwise each env has a worker process
+    started with ``context`` ("fork", "spawn", "forkserver" or None for the platform's default).
+    ``start_timeout`` bounds building the envs, ``step_timeout`` each reset, action and step.
+    """
+
+    def __init__(
+        self,
+        make: Callable,
+        n: int,
+        env_id: str,
+        *,
+        in_process: bool,
+        context: str | None = None,
+        start_timeout: float = 60.0,
+        step_timeout: float = 30.0,
+    ):
+        self.make, self.num_envs, self.env_id = make, n, env_id
+        self.in_process, self.context = in_process, context
+        self.start_timeout, self.step_timeout = start_timeout, step_timeout
+        self.env = None
+        self.procs: list = []
+        self.conns: list[Connection] = []
+        self.first_reset = True
+        try:
+            self._start()
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    # ---- start-up ------------------------------------------------------------------------------
+    def _hint(self) -> str:
+        if self.in_process:
+            return "raise --env-timeout if it is just slow"
+        return "try --num-envs 1 (the env in this process), or raise --env-timeout if it is just slow"
+
+    def _start(self) -> None:
+        if self.in_process:
+            with deadline(self.start_timeout, lambda: self._late("did not start", self.start_timeout)):
+                self.env = self.make()
+            return
+        ctx = mp.get_context(self.context)
+        parent_ends = []
+        for k in range(self.num_envs):
+            parent, child = ctx.Pipe()
+            pass_ends = parent_ends + [parent] if ctx.get_start_method() == "fork" else []
+            proc = ctx.Process(
+                target=_worker, args=(child, self.make, pass_ends), name=f"simulacra-env-{k}", daemon=True
+            )
+            proc.start()
+            child.close()
+            parent_ends.append(parent)
+            self.procs.append(proc)
+            self.conns.append(parent)
+        self._gather([None] * self.num_envs, self.start_timeout, "did not start")
+
+    def _late(self, what: str, seconds: float) -> str:
+        return f"env {self.env_id} {what} within {seconds:g} s (--env-timeout); {self._hint()}"
+
+    # ---- talking to the workers ----------------------------------------------------------------
+    def _gather(self, results: list, seconds: float, what: str) -> list:
+        """Wait for one reply from every worker that owes one (results[k] is None until it comes)."""
+        pending = {c: k for k, c in enumerate(self.conns) if results[k] is None}
+        end = time.monotonic() + seconds
+        while pending:
+            left = end - time.monotonic()
+            ready = wait(list(pending), timeout=max(0.0, left)) if left > 0 else []
+            if not ready:
+                raise EnvTimeout(self._late(what, seconds))
+            for c in ready:
+                k = pending.pop(c)
+                try:
+                    status, value = c.recv()
+                except (EOFError, OSError):
+                    code = self.procs[k].exitcode
+                    raise SimulacraError(
+                        f"env {self.env_id}: its worker process {k} died"
+                        f"{'' if code is None else f' (exit code {code})'}; {self._hint()}"
+                    ) from None
+                if status == "error":
+                    message, trace = value
+                    log.debug("env worker %d failed:\n%s", k, trace)
+                    raise SimulacraError(f"env {self.env_id}: {message}")
+                if status == "closed":
+                    raise SimulacraError(f"env {self.env_id}: its worker process {k} stopped; {self._hint()}")
+                results[k] = ("ok", value)
+        return [r[1] if r is not None else None for r in results]
+
+    def _ask(self, cmds: list, what: str) -> list:
+        """Send cmds[k] (or nothing, if None) to worker k; the replies of those asked, None for the rest."""
+        results: list = []
+        for c, cmd in zip(self.conns, cmds, strict=True):
+            if cmd is not None:
+                try:
+                    c.send(cmd)
+                except (BrokenPipeError, OSError):
+                    raise SimulacraError(f"env {self.env_id}: a worker process died; {self._hint()}") from None
+            results.append(None if cmd is not None else ("skip", None))
+        replies = self._gather(results, self.step_timeout, what)
+        return [r if cmd is not None else None for r, cmd in zip(replies, cmds, strict=True)]
+
+    def _here(self, fn: Callable, what: str):
+        with deadline(self.step_timeout, lambda: self._late(what, self.step_timeout)):
+            return fn()
+
+    # ---- the vector-env calls the recorder makes -----------------------------------------------
+    def reset(self, seeds: list[int], mask: np.ndarray | None = None) -> list:
+        """Reset env k with seeds[k] where mask[k] (all when None); the first frames of those reset."""
+        options = None if self.first_reset else {}
+        self.first_reset = False
+        mask = np.ones(self.num_envs, bool) if mask is None else mask
+        if self.in_process:
+            return [self._here(lambda: self.env.reset(seed=seeds[0], options=options)[0], "did not reset")]
+        cmds = [("reset", (seeds[k], options)) if mask[k] else None for k in range(self.num_envs)]
+        return self._ask(cmds, "did not reset")
+
+    def explore_actions(self) -> list:
+        if self.in_process:
+            return [self._here(self.env.explore_action, "did not choose an action")]
+        return self._ask([("act", None)] * self.num_envs, "did not choose an action")
+
+    def step(self, actions: np.ndarray):
+        """(frames, rewards float64, terminated, truncated) after env k takes actions[k]."""
+        if self.in_process:
+            out = [self._here(lambda: self.env.step(actions[0])[:4], "did not finish a step")]
+        else:
+            out = self._ask([("step", actions[k]) for k in range(self.num_envs)], "did not finish a step")
+        obs = [o[0] for o in out]
+        rew = np.array([o[1] for o in out], dtype=np.float64)
+        term = np.array([o[2] for o in out], dtype=np.bool_)
+        trunc = np.array([o[3] for o in out], dtype=np.bool_)
+        return obs, rew, term, trunc
+
+    def close(self, kill: bool = False) -> None:
+        """Close the envs; workers that do not exit within a few seconds (or at once with ``kill``) are
+        terminated, then killed. Never leaves a worker process behind."""
+        if self.env is not None:
+            env, self.env = self.env, None
+            with suppress(Exception):
+                env.close()
+        if not kill:
+            for c in self.conns:
+                with suppress(OSError, ValueError):
+                    c.send(("close", None))
+        end = time.monotonic() + (0 if kill else 5)
+        for p in self.procs:
+            p.join(timeout=max(0.0, end - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=2)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2)
+        for c in self.conns:
+            c.close()
+        self.procs, self.conns = [], []
