@@ -91,9 +91,12 @@ def test_sigkill_loses_only_episodes_in_progress(tmp_path):
     for i in range(len(ds)):  # every registered episode is whole
         ep = ds.episode(i)
         assert len(ep["frames"]) == ds.episodes[i].length + 1
-    p = run("data", "verify", str(out), "--json", cwd=tmp_path)
+    p = run("data", "verify", str(out), "--json", cwd=tmp_path, check=False)
     report = json.loads(p.stdout)
-    assert report["ok"] and report["episodes_ok"] == len(ds) and not report["problems"]
-    # whatever the kill interrupted is listed as lost, never as corrupt; --repair leaves it clean
+    assert report["intact"] and report["episodes_ok"] == len(ds) and not report["problems"]
+    # whatever the kill interrupted is listed as lost, never as corrupt (and verify fails until it is
+    # cleaned up); --repair leaves it clean
+    assert p.returncode == (1 if report["lost"] else 0)
     p = run("data", "verify", str(out), "--repair", "--json", cwd=tmp_path)
-    assert json.loads(p.stdout)["lost"] == []
+    assert json.loads(p.stdout)["lost"] == [] and json.loads(p.stdout)["ok"]
+    assert not (out / ".simulacra.lock").exists()  # the killed recorder's lock was taken over and released

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
 import tyro
@@ -28,6 +30,7 @@ verbs:
   export       export a trained world's per-frame step to ONNX (fast CPU inference), check and time it
 {planned}
 presets: {presets}
+errors are one line; --debug (anywhere) or SIMULACRA_DEBUG=1 shows the traceback
 """
 
 
@@ -94,15 +97,60 @@ class _StdoutLines(logging.Handler):
         print(record.getMessage(), flush=True)
 
 
-def _log_to_stdout() -> None:
+def _log_to_stdout() -> logging.Handler:
+    """Show the library's INFO notes while a verb runs; the caller removes the handler afterwards, so
+    code that imports simulacra as a library stays silent."""
     log = logging.getLogger("simulacra")
     log.setLevel(logging.INFO)
-    if not any(isinstance(h, _StdoutLines) for h in log.handlers):
-        log.addHandler(_StdoutLines())
+    handler = _StdoutLines()
+    log.addHandler(handler)
+    return handler
+
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "SIMULACRA_DEBUG"
+
+
+def _debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """(whether to show tracebacks, argv without --debug): --debug anywhere before a ``--``, or SIMULACRA_DEBUG=1."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flagged = DEBUG_FLAG in argv[:end]
+    rest = [a for a in argv[:end] if a != DEBUG_FLAG] + argv[end:]
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return flagged or env, rest
+
+
+def _verb_name(argv: list[str]) -> str:
+    """What the error line names: the verb, and for `data` its sub-verb."""
+    if argv[0] == "data" and len(argv) > 1 and argv[1] in DATA_SUBVERBS:
+        return f"data {argv[1]}"
+    return argv[0]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def describe(e: BaseException) -> str:
+    """One line for an exception: a SimulacraError's message; an OSError's file and strerror; anything
+    else its type and the first line of its message, with the hint that --debug shows where it came from."""
+    if isinstance(e, SimulacraError):
+        return _one_line(e)
+    if isinstance(e, OSError) and e.strerror:
+        files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        return _one_line(f"{files}: {e.strerror}" if files else e.strerror)
+    if isinstance(e, MemoryError):
+        what = "out of memory"
+    else:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        what = f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
+    return _one_line(f"{what} (run with {DEBUG_FLAG} for the traceback)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """The command. Every failure is one line on stderr and a non-zero exit (1; tyro's own argument
+    errors 2; an interrupt 130); --debug (or SIMULACRA_DEBUG=1) lets an error's traceback through."""
+    debug, argv = _debug(sys.argv[1:] if argv is None else list(argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return
@@ -112,21 +160,28 @@ def main(argv: list[str] | None = None) -> None:
         print(__version__)
         return
     # library code logs (logging.getLogger(__name__)); the command shows those notes as plain lines
-    _log_to_stdout()
     if argv[0] not in VERBS:
         print(f"simulacra: unknown verb {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
+    verb = _verb_name(argv)
+    handler = _log_to_stdout()
     try:
         VERBS[argv[0]](argv[1:])
-    except SimulacraError as e:
-        print(f"simulacra {argv[0]}: error: {e}", file=sys.stderr)
-        sys.exit(1)
     except BrokenPipeError:  # `simulacra data info | head`
         sys.stderr.close()
         sys.exit(0)
     except KeyboardInterrupt:
-        print(f"simulacra {argv[0]}: interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"simulacra {verb}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        print(f"simulacra {verb}: error: {describe(e)}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        logging.getLogger("simulacra").removeHandler(handler)
 
 
 if __name__ == "__main__":

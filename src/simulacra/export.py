@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import torch
 import tyro
 
+from simulacra.errors import SimulacraError
 from simulacra.world.onnx import OnnxStep, StepGraph, export_step, random_inputs
 
 
@@ -43,10 +44,16 @@ def frames_per_s(fn, inputs: dict, seconds: float) -> float:
 
 
 def export_command(cfg: ExportConfig) -> None:
+    from simulacra.data.safety import check_output_folder
     from simulacra.world import World
 
+    if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1:
+        raise SimulacraError(f"--threads must be a whole number, 1 or more, not {cfg.threads}")
+    if not 0 <= cfg.seconds < float("inf"):  # also refuses nan
+        raise SimulacraError(f"--seconds is the time per backend, 0 (skip the comparison) or more, not {cfg.seconds}")
     world = World.load(cfg.world)
     path = world.path / "step.onnx"
+    check_output_folder(world.path, "the world folder")
     t0 = time.perf_counter()
     meta = export_step(world, path, exporter=cfg.exporter)
     c = meta["check"]

@@ -19,7 +19,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -31,9 +32,19 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from simulacra.data.safety import check_output_folder
 from simulacra.errors import SimulacraError
-from simulacra.layout import TMP_PREFIX, atomic_save_tensors, atomic_write, default_run_dir, fsync_dir, resolve_dataset
+from simulacra.layout import (
+    TMP_PREFIX,
+    atomic_save_tensors,
+    atomic_write,
+    default_run_dir,
+    fsync_dir,
+    resolve_dataset,
+    writer_lock,
+)
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
+from simulacra.models.common import count_parameters
 from simulacra.models.dynamics import Dynamics, DynamicsConfig
 
 if TYPE_CHECKING:
@@ -472,6 +483,9 @@ class TrainConfig:
     """Continue from the latest complete checkpoint in --out."""
     tensorboard: bool = True
     """Write TensorBoard logs to <run>/tb."""
+    max_params: int = 1_000_000_000
+    """Refuse models with more parameters than this (counted before anything is allocated: a typo in
+    --channels would otherwise ask for terabytes). The large preset has about 0.35 billion."""
 
 
 def size_preset(name: str) -> SizePreset:
@@ -482,7 +496,7 @@ def size_preset(name: str) -> SizePreset:
 
 def budget_minutes(cfg: TrainConfig) -> float | None:
     """The run's wall-clock budget: --minutes, else the size's unless step counts were given (then they rule)."""
-    if cfg.minutes is not None and not cfg.minutes >= 0:  # also refuses nan
+    if cfg.minutes is not None and not 0 <= cfg.minutes < math.inf:  # also refuses nan
         raise SimulacraError(f"--minutes is a wall-clock budget, 0 (none) or more, not {cfg.minutes}")
     if cfg.minutes is not None:
         return cfg.minutes or None
@@ -506,37 +520,100 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
     return ae, replace(preset.dyn, **over, snap_to_pixels=pixels, change_gate=cfg.change_gate and pixels)
 
 
-def check_model_config(ae_cfg, dyn_cfg) -> None:
-    """One-line errors for model options that would otherwise fail deep inside torch."""
-    if ae_cfg.kind not in ("pixels", "learned"):
-        raise SimulacraError(f"--autoencoder must be 'pixels' or 'learned', not {ae_cfg.kind!r}")
-    if dyn_cfg.context < 2:
+OPTION_OF = {
+    ("autoencoder", "kind"): "--autoencoder",
+    ("dynamics", "context"): "--context",
+    ("dynamics", "channels"): "--channels",
+    ("dynamics", "channel_mult"): "--channel-mult",
+    ("dynamics", "context_noise_max"): "--context-noise-max",
+    ("dynamics", "change_weight"): "--change-weight",
+    ("dynamics", "own_context"): "--own-context",
+}
+"""The command-line option of each model field it sets; the other fields come from the size preset."""
+RESUME_OPTION_OF = OPTION_OF | {("dynamics", "change_gate"): "--change-gate/--no-change-gate"}
+
+
+def check_model_config(ae_cfg, dyn_cfg, frame_shape=None, action_space=None, max_params: int | None = None) -> None:
+    """One-line errors for model options that would otherwise fail deep inside torch (or allocate
+    terabytes): ranges, the frame shape they must tile, and (given the action space) the parameter count."""
+    latent_hw = None
+    if frame_shape is not None and ae_cfg.patch >= 1:
+        latent_hw = (frame_shape[0] // ae_cfg.patch, frame_shape[1] // ae_cfg.patch)
+    for model, problems in (("autoencoder", ae_cfg.problems(frame_shape)), ("dynamics", dyn_cfg.problems(latent_hw))):
+        for field_name, problem in problems:
+            raise SimulacraError(f"{OPTION_OF.get((model, field_name), f'{model}.{field_name}')} {problem}")
+    if action_space is not None and max_params is not None:
+        try:
+            n = count_parameters(lambda: Autoencoder(ae_cfg))
+            n += count_parameters(lambda: Dynamics(dyn_cfg, ae_cfg.grid_channels, action_space))
+            size = f"{n / 1e9:,.2f} billion parameters"
+        except (RuntimeError, ValueError, OverflowError):  # a tensor larger than any storage can be
+            n, size = math.inf, "more parameters than any tensor can hold"
+        if n > max_params:
+            raise SimulacraError(
+                f"--channels {dyn_cfg.channels} x --channel-mult {list(dyn_cfg.channel_mult)} with --context "
+                f"{dyn_cfg.context} makes a model of {size}, above --max-params {max_params:_}; pick smaller "
+                f"options, or raise --max-params if you mean it"
+            )
+
+
+def _positive_int(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SimulacraError(f"{name} must be a whole number, 1 or more, not {value}")
+
+
+def check_train_options(cfg: TrainConfig) -> None:
+    """One-line errors for the numbers of a run; None means "the preset's", and 0 is never "unset"."""
+    _positive_int("--ae-steps", cfg.ae_steps)
+    _positive_int("--dyn-steps", cfg.dyn_steps)
+    _positive_int("--batch-size", cfg.batch_size)
+    _positive_int("--ckpt-every", cfg.ckpt_every, allow_none=False)
+    _positive_int("--max-params", cfg.max_params, allow_none=False)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed <= MAX_SEED:
+        raise SimulacraError(f"--seed must be a whole number from 0 to {MAX_SEED}, not {cfg.seed}")
+    if not 0 <= cfg.holdout < 1:  # also refuses nan
         raise SimulacraError(
-            f"--context must be at least 2 (the heads read the last two frames), not {dyn_cfg.context}"
+            f"--holdout is the fraction of episodes held out, 0 or more and below 1, not {cfg.holdout}"
         )
-    if not dyn_cfg.channel_mult or min(dyn_cfg.channel_mult) < 1:
-        raise SimulacraError(f"--channel-mult needs one or more positive integers, not {list(dyn_cfg.channel_mult)}")
-    widths = [dyn_cfg.channels * m for m in dyn_cfg.channel_mult]
-    if dyn_cfg.channels < 8 or any(w % 8 for w in widths):
-        raise SimulacraError(
-            f"U-Net widths {widths} must be multiples of 8 (GroupNorm with 8 groups); pick --channels accordingly"
-        )
-    if dyn_cfg.change_gate and not dyn_cfg.residual:
-        raise SimulacraError("change_gate needs residual dynamics (it gates the change from the last frame)")
-    if not 0 <= dyn_cfg.own_context <= 1:  # also refuses nan
-        raise SimulacraError(f"--own-context is a fraction of the training windows, 0 to 1, not {dyn_cfg.own_context}")
+    if cfg.minutes is not None and not 0 <= cfg.minutes < math.inf:  # also refuses nan
+        raise SimulacraError(f"--minutes is a wall-clock budget, 0 (none) or more, not {cfg.minutes}")
+    if cfg.dyn_lr is not None and not 0 < cfg.dyn_lr < math.inf:
+        raise SimulacraError(f"--dyn-lr must be a positive learning rate, not {cfg.dyn_lr}")
+    for name in ("change_weight", "context_noise_max"):
+        v = getattr(cfg, name)
+        if v is not None and not 0 <= v < math.inf:
+            raise SimulacraError(f"--{name.replace('_', '-')} must be 0 or more, not {v}")
+    if cfg.context is not None and cfg.context < 2:
+        raise SimulacraError(f"--context must be at least 2 (the heads read the last two frames), not {cfg.context}")
+    if cfg.channels is not None and cfg.channels < 8:
+        raise SimulacraError(f"--channels must be at least 8, not {cfg.channels}")
+
+
+MAX_SEED = 2**32 - 1
+"""The largest seed (NumPy's and most tools' range); `loop_configs` also checks that the sample keys drawn
+from it fit an int64 at the run's batch size and step count."""
 
 
 def loop_configs(cfg: TrainConfig, preset: SizePreset, world_size: int) -> tuple[LoopConfig, LoopConfig]:
     """(autoencoder, dynamics) loop settings: the preset's, with the options given."""
-    if cfg.dyn_lr is not None and not cfg.dyn_lr > 0:  # also refuses nan
-        raise SimulacraError(f"--dyn-lr must be a positive learning rate, not {cfg.dyn_lr}")
-    batch = cfg.batch_size
-    ae_loop = LoopConfig(cfg.ae_steps or preset.ae_steps, batch or preset.ae_batch, preset.ae_lr)
-    dyn_loop = LoopConfig(cfg.dyn_steps or preset.dyn_steps, batch or preset.dyn_batch, cfg.dyn_lr or preset.dyn_lr)
-    for loop in (ae_loop, dyn_loop):
+    check_train_options(cfg)
+    given = lambda v, default: default if v is None else v  # noqa: E731  (0 is never "unset")
+    ae_loop = LoopConfig(given(cfg.ae_steps, preset.ae_steps), given(cfg.batch_size, preset.ae_batch), preset.ae_lr)
+    dyn_loop = LoopConfig(
+        given(cfg.dyn_steps, preset.dyn_steps),
+        given(cfg.batch_size, preset.dyn_batch),
+        given(cfg.dyn_lr, preset.dyn_lr),
+    )
+    for stage, loop in ((1, ae_loop), (2, dyn_loop)):
         if loop.batch_size % world_size:
             raise SimulacraError(f"batch size {loop.batch_size} does not split over {world_size} processes")
+        if ((cfg.seed * 7 + stage) * 1_000_003 + loop.steps + 1) * loop.batch_size >= 2**63:  # sample_keys' largest
+            raise SimulacraError(
+                f"--seed {cfg.seed} with batch size {loop.batch_size} and {loop.steps} steps overflows the "
+                f"per-sample noise keys; pick a smaller --seed"
+            )
         loop.ckpt_every = cfg.ckpt_every
         loop.warmup = min(loop.warmup, max(1, loop.steps // 10))
     return ae_loop, dyn_loop
@@ -590,26 +667,33 @@ class Plan:
 
 
 def plan_run(cfg: TrainConfig, t_begin: float) -> Plan:
-    """Resolve and check every option; nothing is written yet."""
+    """Resolve and check every option, and read the episodes it trains on; nothing is written yet.
+    (Whether --out already holds a run is checked by `train`, under the run folder's writer lock.)"""
     from simulacra.data import Dataset
 
     rank, world_size = dist_info()
     preset = size_preset(cfg.size)
+    check_train_options(cfg)
     root, guessed = resolve_dataset(cfg.data)
     if guessed and rank == 0:
         log.info("(using the most recent data set: %s)", root)
+    run = Path(cfg.out) if cfg.out else default_run_dir(root, cfg.size)
+    check_output_folder(run, "--out")
+    if (run / "info.json").exists() or (run / "episodes.jsonl").exists():
+        raise SimulacraError(f"--out {run} is a data set; train into a run folder of its own")
     ds = Dataset.open(root)
+    action_space = ds.info.get("action_space", {"type": "none"})
     ae_cfg, dyn_cfg = model_configs(cfg, preset)
-    check_model_config(ae_cfg, dyn_cfg)
+    check_model_config(ae_cfg, dyn_cfg, ds.info["frame_shape"], action_space, cfg.max_params)
     ae_loop, dyn_loop = loop_configs(cfg, preset, world_size)
     minutes = budget_minutes(cfg)
-    run = Path(cfg.out) if cfg.out else default_run_dir(root, cfg.size)
-    if (run / "config.json").exists() and not cfg.resume:
-        raise SimulacraError(f"{run} already holds a run; pass --resume to continue it or --out elsewhere")
     train_eps, held_eps = training_episodes(ds, root, cfg, dyn_cfg.context)
+    used = sorted(set(train_eps) | set(held_eps))
+    ds.check_episodes(used)  # every byte that training reads, and eval holds out, before any is written
     config = {
         "train": asdict(cfg),
         "data": str(root),
+        "data_fingerprint": data_fingerprint(ds, used),
         "size": cfg.size,
         "world_size": world_size,
         "autoencoder": asdict(ae_cfg),
@@ -617,7 +701,7 @@ def plan_run(cfg: TrainConfig, t_begin: float) -> Plan:
         "ae_loop": asdict(ae_loop),
         "dyn_loop": asdict(dyn_loop),
         "minutes_budget": minutes,
-        "action_space": ds.info.get("action_space", {"type": "none"}),
+        "action_space": action_space,
         "frame_shape": ds.info["frame_shape"],
         "preset": ds.info.get("preset_config"),
         "fps": ds.info.get("fps", 15),
@@ -625,6 +709,107 @@ def plan_run(cfg: TrainConfig, t_begin: float) -> Plan:
         "holdout_episodes": held_eps,
     }
     return Plan(cfg, ds, run, ae_cfg, dyn_cfg, ae_loop, dyn_loop, minutes, t_begin, train_eps, config)
+
+
+def data_fingerprint(ds: Dataset, episodes: list[int]) -> str:
+    """What identifies the training data wherever it lies: frame shape, action space and the manifest's
+    checksum and size of every episode used."""
+    import hashlib
+
+    e = [[i, ds.episodes[i].checksum, ds.episodes[i].nbytes, ds.episodes[i].length] for i in episodes]
+    doc = {"frame_shape": ds.info.get("frame_shape"), "action_space": ds.info.get("action_space"), "episodes": e}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _json(x):
+    """``x`` as JSON reads it back (tuples become lists), for comparing with a saved config."""
+    return json.loads(json.dumps(x, default=str))
+
+
+def resume_differences(old: dict, new: dict) -> list[str]:
+    """What a resumed run would change of the run in its folder: the data it trains on and every option
+    that shapes the models, their training or the held-out split (one phrase each, naming the option)."""
+    diffs: list[str] = []
+    old_train, new_train = old.get("train") or {}, new["train"]
+
+    def differ(option: str, was, now) -> None:
+        if _json(was) != _json(now):
+            diffs.append(f"{option} was {_json(was)}, now {_json(now)}")
+
+    if "data_fingerprint" in old:
+        if old["data_fingerprint"] != new["data_fingerprint"]:
+            diffs.append(f"--data {new['data']} is not the data set it was trained on ({old.get('data')})")
+    elif Path(str(old.get("data"))).resolve() != Path(new["data"]).resolve():
+        diffs.append(f"--data was {old.get('data')}, now {new['data']}")
+    differ("--size", old.get("size"), new["size"])
+    differ("--seed", old_train.get("seed"), new_train["seed"])
+    differ("--holdout", old_train.get("holdout"), new_train["holdout"])
+    for model in ("autoencoder", "dynamics"):
+        was, now = old.get(model) or {}, new[model]
+        for k in now:
+            if k == "snap_to_pixels":  # follows --autoencoder, which is compared itself
+                continue
+            differ(RESUME_OPTION_OF.get((model, k), f"{model}.{k}"), was.get(k), now[k])
+    differ("--batch-size", (old.get("ae_loop") or {}).get("batch_size"), new["ae_loop"]["batch_size"])
+    differ("--batch-size", (old.get("dyn_loop") or {}).get("batch_size"), new["dyn_loop"]["batch_size"])
+    differ("--dyn-lr", (old.get("dyn_loop") or {}).get("lr"), new["dyn_loop"]["lr"])
+    differ("--minutes", old.get("minutes_budget"), new["minutes_budget"])
+    preset = SIZES.get(str(old.get("size")))
+    if preset is not None:  # the counts planned (config.json records the counts reached, which a budget may cut)
+        if new["autoencoder"]["kind"] != "pixels":
+            was = old_train.get("ae_steps") if old_train.get("ae_steps") is not None else preset.ae_steps
+            differ("--ae-steps", was, new["ae_loop"]["steps"])
+        was = old_train.get("dyn_steps") if old_train.get("dyn_steps") is not None else preset.dyn_steps
+        differ("--dyn-steps", was, new["dyn_loop"]["steps"])
+    if not diffs and (
+        _json(old.get("train_episodes")) != new["train_episodes"]
+        or _json(old.get("holdout_episodes")) != new["holdout_episodes"]
+    ):
+        diffs.append("the data set's episodes are not the ones it was trained on (episodes added or removed?)")
+    return list(dict.fromkeys(diffs))
+
+
+def check_run_folder(plan: Plan) -> None:
+    """Under the writer lock: --out holds no run, or (--resume) the run that these options continue."""
+    config_path = plan.run / "config.json"
+    if not config_path.exists():
+        return
+    if not plan.cfg.resume:
+        raise SimulacraError(f"{plan.run} already holds a run; pass --resume to continue it or --out elsewhere")
+    try:
+        old = json.loads(config_path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON object, not {type(old).__name__}")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SimulacraError(f"{config_path}: not a run config ({e}); cannot check what --resume continues") from None
+    diffs = resume_differences(old, plan.config)
+    if diffs:
+        raise SimulacraError(
+            f"{plan.run}: --resume continues the run as it was started, but {'; '.join(diffs)}; "
+            f"resume with the run's own options (its config.json) or train into another --out"
+        )
+
+
+@contextmanager
+def run_folder(plan: Plan, rank: int, world_size: int) -> Iterator[None]:
+    """Rank 0 holds the run folder's writer lock for the whole run and checks the folder under it; the
+    other processes only learn whether it could, so a refusal stops them all (none waits at a barrier)."""
+    with ExitStack() as stack:
+        failure: Exception | None = None
+        if rank == 0:
+            try:
+                stack.enter_context(writer_lock(plan.run, "train"))
+                check_run_folder(plan)
+            except Exception as e:  # told to the other processes first, then raised here too
+                failure = e
+        if world_size > 1:
+            said = [None if failure is None else str(failure)]
+            dist.broadcast_object_list(said, src=0)
+            if rank != 0 and said[0] is not None:
+                failure = SimulacraError(f"rank 0 stopped: {said[0]}")
+        if failure is not None:
+            raise failure
+        yield
 
 
 @dataclass
@@ -727,13 +912,17 @@ def run_stage(plan: Plan, stage: Stage, writer=None) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Run every stage and write the world to <run>/world (safetensors + world.json)."""
-    from simulacra.world import World
-
     t_begin = time.time()  # a --minutes budget counts from here
     plan = plan_run(cfg, t_begin)
     rank, world_size = dist_info()
-    if world_size > 1:
-        dist.barrier()  # every process has checked --out before rank 0 writes config.json there
+    with run_folder(plan, rank, world_size):  # every process knows --out is ours before rank 0 writes there
+        return _train(plan, rank, world_size)
+
+
+def _train(plan: Plan, rank: int, world_size: int) -> Path:
+    from simulacra.world import World
+
+    cfg, t_begin = plan.cfg, plan.t_begin
     writer = None
     if rank == 0:
         print("train config:", json.dumps(plan.config, indent=1, default=str))

@@ -86,6 +86,31 @@ def _machine() -> dict:
     }
 
 
+AT_LEAST_ONE = (
+    "episodes", "num_envs", "horizon", "starts", "batch_size", "delta_horizon", "idm_steps", "idm_pairs",
+    "drift_steps", "drift_starts", "pool_frames", "speed_steps", "speed_batch",
+)  # fmt: skip
+"""The counts of EvalConfig that must be 1 or more (0 would measure nothing, or fail deep inside)."""
+
+
+def check_options(cfg: EvalConfig) -> None:
+    """One-line errors for every number out of range, before anything is loaded or written."""
+
+    def whole(name: str, low: int, v) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise SimulacraError(f"--{name.replace('_', '-')} must be a whole number, {low} or more, not {v}")
+
+    for name in AT_LEAST_ONE:
+        whole(name, 1, getattr(cfg, name))
+    whole("videos", 0, cfg.videos)
+    whole("seed", 0, cfg.seed)
+    whole("rng_seed", 0, cfg.rng_seed)
+    if cfg.max_episode_steps is not None:
+        whole("max_episode_steps", 1, cfg.max_episode_steps)
+    if cfg.temperature is not None and not 0 <= cfg.temperature < float("inf"):  # also refuses nan
+        raise SimulacraError(f"--temperature must be 0 or more, not {cfg.temperature}")
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run every measurement, write metrics.json, report.html and the videos; return the metrics."""
     import json
@@ -94,19 +119,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     import numpy as np
     import torch
 
+    from simulacra.data.safety import check_output_folder
     from simulacra.eval import heldout, measure, report
     from simulacra.world import World
 
-    for name in ("episodes", "horizon", "starts", "batch_size", "drift_starts", "pool_frames", "speed_steps"):
-        if getattr(cfg, name) < 1:
-            raise SimulacraError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.temperature is not None and not cfg.temperature >= 0:  # also refuses nan
-        raise SimulacraError(f"--temperature must be 0 or more, not {cfg.temperature}")
+    check_options(cfg)
     run, world_dir = layout.resolve_run(cfg.run)
+    out = Path(cfg.out) if cfg.out else run / "eval"
+    check_output_folder(out, "--out")
     world = World.load(world_dir)
     if cfg.temperature is not None:
         world = world.with_options(temperature=cfg.temperature)
-    out = Path(cfg.out) if cfg.out else run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.rng_seed)
     t0 = time.time()

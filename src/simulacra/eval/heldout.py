@@ -9,7 +9,6 @@ gives the real reference frames). A single held-out episode is cut in two at its
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,11 +98,9 @@ def record_fresh(world_cfg: dict, cfg, out: Path) -> tuple[Path, list[str]]:
         if same and len(ds) == cfg.episodes:
             return out, [*notes, f"reused the episodes already recorded in {out}"]
     log.info("recording %d fresh episodes of %s (seeds %d+) into %s", cfg.episodes, preset["env_id"], cfg.seed, out)
-    try:
-        record_episodes(rc, progress=True)
-    except BaseException:  # half-recorded episodes must not be reused as held-out data next time
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+    # no clean-up on failure: a half-recorded set is never reused (the count differs), and the folder may be
+    # another writer's (record refuses a locked folder without touching it)
+    record_episodes(rc, progress=True)
     return out, notes
 
 

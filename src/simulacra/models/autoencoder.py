@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from simulacra.models.common import batch_rng
+from simulacra.models.common import MAX_BLOCKS, Problem, at_least, batch_rng, short
 
 
 @dataclass
@@ -30,6 +30,29 @@ class AutoencoderConfig:
     """Residual blocks in the encoder and in the decoder."""
     grad_loss: float = 0.5
     """Weight of the image-gradient L1 term (sharp edges) beside the pixel L1 term."""
+
+    @property
+    def grid_channels(self) -> int:
+        """Channels of the latent grid this config makes ('pixels': the 3 x patch^2 values of a patch)."""
+        return 3 * self.patch**2 if self.kind == "pixels" else self.latent_channels
+
+    def problems(self, frame_shape=None) -> list[Problem]:
+        """(field, problem) for every value out of range, and a patch that does not tile ``frame_shape``."""
+        out = (
+            []
+            if self.kind in ("pixels", "learned")
+            else [("kind", f"must be 'pixels' or 'learned', not {short(self.kind)}")]
+        )
+        for name, low in (("patch", 1), ("channels", 1), ("latent_channels", 1), ("grad_loss", 0)):
+            if (p := at_least(getattr(self, name), low)) is not None:
+                out.append((name, p))
+        if not 0 <= self.blocks <= MAX_BLOCKS:
+            out.append(("blocks", f"must be 0 to {MAX_BLOCKS}, not {self.blocks}"))
+        if self.kind == "learned" and self.channels % 8:
+            out.append(("channels", f"must be a multiple of 8 (GroupNorm with 8 groups), not {self.channels}"))
+        if frame_shape is not None and self.patch >= 1 and any(s % self.patch for s in frame_shape[:2]):
+            out.append(("patch", f"{self.patch} does not tile {frame_shape[0]}x{frame_shape[1]} frames"))
+        return out
 
 
 class ResBlock(nn.Module):
@@ -88,7 +111,7 @@ class Autoencoder(nn.Module):
 
     @property
     def latent_channels(self) -> int:
-        return 3 * self.cfg.patch**2 if self.cfg.kind == "pixels" else self.cfg.latent_channels
+        return self.cfg.grid_channels
 
     @property
     def trainable(self) -> bool:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from simulacra.models.common import batch_rng
+from simulacra.models.common import MAX_BLOCKS, MAX_LEVELS, Problem, at_least, batch_rng, fraction, short
 from simulacra.spaces import ActionSpace
 
 
@@ -72,6 +72,48 @@ class DynamicsConfig:
     sample, so a sampled ball keeps its cell open. Set by `train` for the 'pixels' autoencoder."""
     gate_weight: float = 0.1
     """Weight of the gate's loss (binary cross-entropy per cell) against the flow's."""
+
+    def problems(self, latent_hw: tuple[int, int] | None = None) -> list[Problem]:
+        """(field, problem) for every value out of range, and (given the latent grid) more U-Net levels
+        than the grid can halve."""
+        out: list[Problem] = []
+
+        def check(name: str, problem: str | None) -> None:
+            if problem is not None:
+                out.append((name, problem))
+
+        if self.context < 2:
+            out.append(("context", f"must be at least 2 (the heads read the last two frames), not {self.context}"))
+        mult = list(self.channel_mult)
+        if not mult or min(mult) < 1 or len(mult) > MAX_LEVELS:
+            out.append(("channel_mult", f"needs 1 to {MAX_LEVELS} positive integers, not {short(mult)}"))
+        elif self.channels < 8 or any(self.channels * m % 8 for m in mult):
+            widths = [self.channels * m for m in mult]
+            out.append(
+                ("channels", f"gives U-Net widths {widths}; they must be multiples of 8 (GroupNorm with 8 groups)")
+            )
+        elif latent_hw is not None and any(s % 2 ** (len(mult) - 1) for s in latent_hw):
+            out.append(
+                (
+                    "channel_mult",
+                    f"has {len(mult)} levels, more than a {latent_hw[0]}x{latent_hw[1]} latent grid can halve",
+                )
+            )
+        if not 1 <= self.blocks <= MAX_BLOCKS:
+            out.append(("blocks", f"must be 1 to {MAX_BLOCKS}, not {self.blocks}"))
+        if self.cond_dim < 2 or self.cond_dim % 2:
+            out.append(("cond_dim", f"must be an even number, 2 or more, not {self.cond_dim}"))
+        check("sampling_steps", at_least(self.sampling_steps, 1))
+        for name in ("context_noise_max", "context_noise_infer", "done_weight", "change_weight", "temperature"):
+            check(name, at_least(getattr(self, name), 0, "0 or more"))
+        check("gate_weight", at_least(self.gate_weight, 0, "0 or more"))
+        check("pad_prob", fraction(self.pad_prob))
+        check("own_context", fraction(self.own_context))
+        if self.prediction not in ("x", "v"):
+            out.append(("prediction", f"must be 'x' or 'v', not {short(self.prediction)}"))
+        if self.change_gate and not self.residual:
+            out.append(("change_gate", "needs residual dynamics (it gates the change from the last frame)"))
+        return out
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

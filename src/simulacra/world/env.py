@@ -12,6 +12,7 @@ of frame stacks, or a callable), or given per reset as ``options={"frames": (T, 
 from __future__ import annotations
 
 import json
+import numbers
 
 import gymnasium as gym
 import numpy as np
@@ -33,7 +34,10 @@ class Starts:
     """
 
     def __init__(self, source, world: World, episodes=None, min_t: int = 0):
-        self.world, self.min_t = world, min_t
+        _check_world(world)
+        if not (_is_int(min_t) and min_t >= 0):
+            raise SimulacraError(f"min_t must be a whole number, 0 or more, not {min_t!r}")
+        self.world, self.min_t = world, int(min_t)
         self.ds = self.stacks = self.fn = None
         if callable(source) and not hasattr(source, "episodes"):
             self.fn = source
@@ -42,6 +46,10 @@ class Starts:
             self.episodes = list(range(len(source))) if episodes is None else list(episodes)
             if not self.episodes:
                 raise SimulacraError("no episodes to start dreams from")
+            bad = [i for i in self.episodes if not (_is_int(i) and 0 <= i < len(source))]
+            if bad:
+                raise SimulacraError(f"start episode {bad[0]!r} is not one of the data set's 0..{len(source) - 1}")
+            self.episodes = [int(i) for i in self.episodes]
         else:
             self.stacks = world.frame_space.validate(np.asarray(source), what="start frames")
             if self.stacks.ndim == 4:
@@ -61,6 +69,25 @@ class Starts:
         t = int(rng.integers(min(self.min_t, L), L + 1))
         frames, actions = self.world.episode_context(self.ds, i, t)
         return frames[0], None if actions is None else actions[0], {"episode": i, "t": t}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
+
+
+def _check_world(world) -> None:
+    if not isinstance(world, World):
+        raise SimulacraError(f"a world env needs a World (World.load(path)), not {type(world).__name__}")
+
+
+def _check_env_args(max_episode_steps, render_mode, num_envs=1) -> None:
+    """One line for env arguments Gymnasium would otherwise trip over later, mid-episode."""
+    if not (_is_int(max_episode_steps) and max_episode_steps >= 1):
+        raise SimulacraError(f"max_episode_steps must be a whole number, 1 or more, not {max_episode_steps!r}")
+    if not (_is_int(num_envs) and num_envs >= 1):
+        raise SimulacraError(f"num_envs must be a whole number, 1 or more, not {num_envs!r}")
+    if render_mode not in (None, "rgb_array"):
+        raise SimulacraError(f"render_mode must be 'rgb_array' or None, not {render_mode!r}")
 
 
 def _starts(starts, world: World) -> Starts | None:
@@ -89,8 +116,8 @@ class WorldEnv(gym.Env):
         max_episode_steps: int = 1000,
         render_mode: str | None = "rgb_array",
     ):
-        if max_episode_steps < 1:
-            raise SimulacraError(f"max_episode_steps must be at least 1, not {max_episode_steps}")
+        _check_world(world)
+        _check_env_args(max_episode_steps, render_mode)
         self.world, self.starts = world, _starts(starts, world)
         self.max_episode_steps, self.render_mode = max_episode_steps, render_mode
         self.observation_space = world.frame_space.to_gym()
@@ -139,10 +166,9 @@ class WorldVectorEnv(VectorEnv):
         max_episode_steps: int = 1000,
         render_mode: str | None = "rgb_array",
     ):
-        if num_envs < 1 or max_episode_steps < 1:
-            raise SimulacraError(
-                f"num_envs and max_episode_steps must be at least 1, not {num_envs}, {max_episode_steps}"
-            )
+        _check_world(world)
+        _check_env_args(max_episode_steps, render_mode, num_envs)
+        num_envs, max_episode_steps = int(num_envs), int(max_episode_steps)
         self.world, self.starts = world, _starts(starts, world)
         self.num_envs, self.max_episode_steps, self.render_mode = num_envs, max_episode_steps, render_mode
         self.single_observation_space = world.frame_space.to_gym()
@@ -224,6 +250,10 @@ def default_starts(world: World) -> Starts:
     run_config = None if world.path is None else world.path.parent / "config.json"
     if run_config is None or not run_config.exists():
         raise SimulacraError("this world has no run config naming its data set; pass starts= explicitly")
-    cfg = json.loads(run_config.read_text())
-    ds = Dataset.open(cfg["data"])
+    try:
+        cfg = json.loads(run_config.read_text())
+        data = cfg["data"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise SimulacraError(f"{run_config}: no data set named here ({type(e).__name__}: {e}); pass starts=") from None
+    ds = Dataset.open(data)
     return Starts(ds, world, episodes=cfg.get("holdout_episodes") or None)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from safetensors.torch import load_file
 from simulacra import layout
 from simulacra.errors import SimulacraError
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig, to_uint8
+from simulacra.models.common import dict_problems, from_dict
 from simulacra.models.dynamics import Dynamics, DynamicsConfig
 from simulacra.spaces import ActionSpace, FrameSpace
 from simulacra.world.backends import OnnxStep, StepFn, TorchStep
@@ -81,13 +85,18 @@ class World:
             raise SimulacraError("the onnx backend runs on the CPU; use backend='torch' for another device")
         path = layout.world_dir(path)
         meta = _read_meta(path)
-        try:
-            dcfg = dict(meta["dynamics"])
-            dcfg["channel_mult"] = tuple(dcfg["channel_mult"])
-            ae = Autoencoder(AutoencoderConfig(**meta["autoencoder"]))
-            dyn = Dynamics(DynamicsConfig(**dcfg), ae.latent_channels, ActionSpace.from_json(meta["action_space"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise SimulacraError(f"{path / 'world.json'}: not a valid world config ({type(e).__name__}: {e})") from None
+        ae_cfg, dyn_cfg, space = _model_configs(meta, path / "world.json")
+        build_ae = lambda: Autoencoder(ae_cfg)  # noqa: E731
+        build_dyn = lambda: Dynamics(dyn_cfg, ae_cfg.grid_channels, space)  # noqa: E731
+        for name, build in (("autoencoder", build_ae), ("dynamics", build_dyn)):
+            try:
+                with torch.device("meta"):  # the shapes the config makes, checked against the file before allocating
+                    expected = build().state_dict()
+            except (RuntimeError, ValueError, OverflowError) as e:  # sizes beyond what any tensor can hold
+                why = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SimulacraError(f"{path / 'world.json'}: {name} config makes impossible tensors ({why})") from None
+            _check_tensors(expected, path / f"{name}.safetensors")
+        ae, dyn = build_ae(), build_dyn()
         for name, module in (("autoencoder", ae), ("dynamics", dyn)):
             _load_weights(module, path / f"{name}.safetensors")
         world = cls(ae, dyn, meta, device)
@@ -118,12 +127,12 @@ class World:
             }.items()
             if v is not None
         }
-        if temperature is not None and not temperature >= 0:  # also refuses nan
-            raise SimulacraError(f"temperature must be 0 or more, not {temperature}")
-        if sampling_steps is not None and sampling_steps < 1:
-            raise SimulacraError(f"sampling_steps must be at least 1, not {sampling_steps}")
-        if context_noise is not None and not context_noise >= 0:
-            raise SimulacraError(f"context noise must be 0 or more, not {context_noise}")
+        for name, v in (("temperature", temperature), ("context noise", context_noise)):
+            if v is not None and not (_is_real(v) and 0 <= v < math.inf):  # also refuses nan
+                raise SimulacraError(f"{name} must be a number, 0 or more, not {v!r}")
+        if sampling_steps is not None and not (_is_int(sampling_steps) and sampling_steps >= 1):
+            raise SimulacraError(f"sampling_steps must be a whole number, 1 or more, not {sampling_steps!r}")
+        over = {k: int(v) if k == "sampling_steps" else float(v) for k, v in over.items()}
         baked = {"sampling_steps", "context_noise_infer"} & over.keys()
         if self.backend == "onnx" and any(over[k] != getattr(self.dyn.cfg, k) for k in baked):
             raise SimulacraError(
@@ -249,9 +258,101 @@ def _read_meta(path: Path) -> dict:
         raise SimulacraError(f"{meta_path}: not readable JSON ({e})") from None
     if not isinstance(meta, dict):
         raise SimulacraError(f"{meta_path}: a world config is a JSON object, not {type(meta).__name__}")
+    if meta.get("format") != "simulacra.world":
+        raise SimulacraError(f"{meta_path}: not a simulacra world (format={meta.get('format')!r})")
     if meta.get("format_version") != WORLD_FORMAT_VERSION:
         raise SimulacraError(f"{meta_path}: world format version {meta.get('format_version')!r} is unknown")
     return meta
+
+
+WORLD_KEYS = ("autoencoder", "dynamics", "action_space", "frame_shape")
+"""The entries of world.json a world is built from (it also keeps its run's config, which is free-form)."""
+
+
+def _model_configs(meta: dict, meta_path: Path) -> tuple[AutoencoderConfig, DynamicsConfig, ActionSpace]:
+    """The models' configs from world.json, every field present, typed and in range (one line otherwise),
+    before any model is built."""
+    missing = [k for k in WORLD_KEYS if k not in meta]
+    if missing:
+        raise SimulacraError(f"{meta_path}: not a valid world config (missing {', '.join(missing)})")
+    shape = meta["frame_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape)) or shape[2] != 3:
+        raise SimulacraError(f"{meta_path}: frame_shape must be [height, width, 3], not {shape!r}")
+    try:
+        space = ActionSpace.from_json(meta["action_space"])
+    except SimulacraError as e:
+        raise SimulacraError(f"{meta_path}: action_space: {e}") from None
+    configs = []
+    for key, cls in (("autoencoder", AutoencoderConfig), ("dynamics", DynamicsConfig)):
+        for field_name, problem in dict_problems(cls, meta[key]):
+            raise SimulacraError(f"{meta_path}: {'.'.join(filter(None, (key, field_name)))} {problem}")
+        configs.append(from_dict(cls, meta[key]))
+    ae_cfg, dyn_cfg = configs
+    latent_hw = (shape[0] // ae_cfg.patch, shape[1] // ae_cfg.patch) if ae_cfg.patch >= 1 else None
+    for key, problems in (("autoencoder", ae_cfg.problems(shape)), ("dynamics", dyn_cfg.problems(latent_hw))):
+        for field_name, problem in problems:
+            raise SimulacraError(f"{meta_path}: {key}.{field_name} {problem}")
+    return ae_cfg, dyn_cfg, space
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
+
+
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+MAX_HEADER = 100 * 2**20
+
+
+def _safetensors_header(file: Path) -> dict:
+    """The JSON header of a safetensors file ({name: {dtype, shape, data_offsets}}), read alone."""
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 2 <= n <= min(MAX_HEADER, size - 8):
+                raise ValueError("no safetensors header")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise SimulacraError(f"{file}: missing; the world folder is incomplete") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SimulacraError(f"{file}: cannot load these weights (not a safetensors file: {e})") from None
+    if not isinstance(header, dict):
+        raise SimulacraError(f"{file}: cannot load these weights (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    for k, v in header.items():
+        ok = isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("data_offsets"), list)
+        if not ok or len(v["data_offsets"]) != 2 or not all(_is_int(o) for o in v["data_offsets"]):
+            raise SimulacraError(f"{file}: cannot load these weights (header entry {k!r} is malformed)")
+        if v["data_offsets"][1] > size - 8 - n:
+            raise SimulacraError(f"{file}: cannot load these weights (truncated: {k} lies past the end of the file)")
+    return header
+
+
+def _check_tensors(expected: dict[str, torch.Tensor], file: Path) -> None:
+    """One line for a tensor the config makes that the file lacks, or holds with another shape or dtype,
+    or one the file holds that the config does not make."""
+    header = _safetensors_header(file)
+    missing = [k for k in expected if k not in header]
+    if missing:
+        raise SimulacraError(
+            f"{file}: no tensor {missing[0]} (and {len(missing) - 1} more) that world.json's config needs"
+        )
+    extra = [k for k in header if k not in expected]
+    if extra:
+        raise SimulacraError(f"{file}: tensor {extra[0]} (and {len(extra) - 1} more) is not part of world.json's model")
+    for k, t in expected.items():
+        shape, dtype = header[k]["shape"], header[k].get("dtype")
+        if shape != list(t.shape):
+            raise SimulacraError(f"{file}: {k} has shape {shape}, world.json's config makes it {list(t.shape)}")
+        if dtype != SAFETENSORS_DTYPES.get(t.dtype):
+            raise SimulacraError(f"{file}: {k} is {dtype}, the model holds {SAFETENSORS_DTYPES.get(t.dtype, t.dtype)}")
 
 
 def _load_weights(module: torch.nn.Module, file: Path) -> None:
