@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -104,30 +105,45 @@ def _from_rank0(n: int, device: torch.device) -> int:
 WARMUP_UNTIMED = 5  # steps left out of the timing: the first ones pay one-time set-up
 CALIBRATE = 20  # steps timed (after the untimed ones) to fit a stage into its wall-clock budget
 MARGIN = 0.98  # of the time left that a cut plans to fill: slack for what the rate has not seen yet
+RAISE = 0.05
+"""A checkpoint raises the count only when what fits beats it by this fraction: more than the (1 - MARGIN)
+/ MARGIN that a steady rate gains back between checkpoints, so a steady rate never moves the schedule."""
+SHORT = 2 / 3
+"""A budget that leaves less than this fraction of the planned steps says so, and why (once a stage)."""
 
 
 class Budget:
     """A stage's wall-clock deadline, which the loop asks how many steps the stage may run.
 
     After WARMUP_UNTIMED steps it times CALIBRATE steps and cuts the planned count to what fits before
-    the deadline at that rate. The first steps run faster than a whole stage (checkpoints, a CPU that
-    slows down), so at every checkpoint it cuts again with the rate measured so far, before the
-    checkpoint records the count. It never raises the count, and always leaves one more step.
-    The loop sets the learning rate from the current count, so the cosine schedule ends where the stage does.
+    the deadline at that rate. A stage's rate changes (checkpoints, a CPU that slows down, or one that
+    was busy at the start and is free again), so at every checkpoint it re-estimates with the rate
+    measured so far, before the checkpoint records the count: it cuts again, or, while the stage is in
+    the first half of its count, raises the count back towards the plan when what fits beats it by
+    more than RAISE (never above the plan). It always leaves one more step. The loop sets the learning
+    rate from the current count, so the cosine schedule ends where the stage does; every checkpoint
+    records the count, and a resumed stage keeps it.
     """
 
-    def __init__(self, deadline: float, clock: Callable[[], float] = time.time):
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.time, option: str | None = None):
         self.deadline = deadline
         """``clock()`` time by which the stage must end."""
         self.clock = clock
+        self.option = option
+        """The command-line option that fixes this stage's step count (named when the budget cuts hard)."""
         self.start: int | None = None
         self.t0: float | None = None
+        self.plan: int | None = None
+        """The planned count: a re-estimate never raises the count above it."""
+        self.rate: float | None = None
+        """Steps/s measured by the last estimate."""
         self.agree: Callable[[int], int] = _same
 
-    def begin(self, start: int, agree: Callable[[int], int] = _same) -> None:
-        """The loop starts at step ``start``. ``agree`` turns this process's count into the one all DDP
-        processes use (rank 0's: their clocks and rates differ slightly)."""
-        self.start, self.t0, self.agree = start, None, agree
+    def begin(self, start: int, agree: Callable[[int], int] = _same, plan: int | None = None) -> None:
+        """The loop starts at step ``start`` of ``plan`` planned steps (default: the count at calibration).
+        ``agree`` turns this process's count into the one all DDP processes use (rank 0's: their clocks and
+        rates differ slightly)."""
+        self.start, self.t0, self.agree, self.plan, self.rate = start, None, agree, plan, None
 
     @property
     def calibration_step(self) -> int:
@@ -139,19 +155,49 @@ class Budget:
         if step == self.start + WARMUP_UNTIMED:
             self.t0 = now
         if step == self.calibration_step:
+            self.plan = steps if self.plan is None else self.plan
             return self.cut(step, steps, now)
         return steps
 
     def checkpoint(self, done: int, steps: int, now: float | None = None) -> int:
-        """When ``done`` steps are about to be checkpointed: ``steps`` cut again at the rate so far."""
-        if done - 1 <= self.calibration_step:  # not calibrated yet, or just now
+        """When ``done`` steps are about to be checkpointed: ``steps`` re-estimated at the rate so far
+        (the last step's checkpoint leaves the count alone: the stage is over, not one step short)."""
+        if done - 1 <= self.calibration_step or done >= steps:  # not calibrated yet, or just now; or done
             return steps
-        return self.cut(done, steps, self.clock() if now is None else now)
+        return self.cut(done, steps, self.clock() if now is None else now, may_raise=True)
 
-    def cut(self, done: int, steps: int, now: float) -> int:
-        rate = (done - self.start - WARMUP_UNTIMED) / (now - self.t0)
-        n = min(steps, done + int(max(0.0, self.deadline - now) * rate * MARGIN))
+    def cut(self, done: int, steps: int, now: float, may_raise: bool = False) -> int:
+        self.rate = rate = (done - self.start - WARMUP_UNTIMED) / max(1e-9, now - self.t0)
+        fits = done + int(max(0.0, self.deadline - now) * rate * MARGIN)
+        n = min(steps, fits)
+        plan = steps if self.plan is None else self.plan
+        if may_raise and 2 * done < steps < plan and fits > steps * (1 + RAISE):
+            n = min(plan, fits)
         return self.agree(max(n, done + 1))
+
+    def shortfall(self, name: str, steps: int) -> str | None:
+        """The warning line when ``steps`` is under SHORT of the plan: planned, fits, the rate, why, what to do."""
+        if self.plan is None or steps >= SHORT * self.plan:
+            return None
+        left = max(0.0, self.deadline - self.clock()) / 60
+        fixed = f"pass {self.option} {self.plan}" if self.option else "fix the step count"
+        return (
+            f"[{name}] the wall-clock budget cuts the stage to {steps} of its {self.plan} planned steps: at the "
+            f"measured {self.rate or 0:.3g} steps/s only that many fit in the {left:.1f} min left; {_why_slow()}. "
+            f"To run them all, {fixed}, or give a larger --minutes; if the rate recovers, the checkpoints in "
+            "the first half of the stage raise the count again."
+        )
+
+
+def _why_slow() -> str:
+    """Why a stage may run slower than planned: the load average when the CPU is busy, else the machine."""
+    try:
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):  # not on every platform
+        return "this machine may be slower than the size preset assumes, or busy"
+    if load > cpus:
+        return f"the CPU is busy: load average {load:.1f} on {cpus} cores"
+    return f"this machine is slower than the size preset assumes: load average {load:.1f} on {cpus} cores"
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -257,6 +303,28 @@ def _step(net, model, opt, batch: dict, cfg: LoopConfig, name: str, step: int, a
     return {"loss": loss.item(), **m, "grad_norm": gnorm.item(), "lr": opt.param_groups[0]["lr"]}
 
 
+PROGRESS_LINES = 10
+"""Where the error stream is not a terminal (a log file, a pipe), the bar gives way to this many plain
+progress lines a stage: no carriage returns."""
+
+
+class _Lines:
+    """A progress line every 1 / PROGRESS_LINES of the stage, through the log (no '\\r'), for non-terminals."""
+
+    def __init__(self, name: str, start: int):
+        self.name, self.shown = name, -1
+        self.t0, self.start = time.time(), start
+
+    def update(self, done: int, steps: int, metrics: dict[str, float]) -> None:
+        part = done * PROGRESS_LINES // max(1, steps)
+        if part <= self.shown and done != steps:
+            return
+        self.shown = part
+        rate = (done - self.start) / max(1e-9, time.time() - self.t0)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "psnr", "flow"))
+        log.info("[%s] step %d/%d (%d%%), %.3g steps/s, %s", self.name, done, steps, 100 * done // steps, rate, shown)
+
+
 def _report(bar, writer, name: str, metrics: dict[str, float], step: int, rate: float) -> None:
     bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "psnr", "flow")})
     if writer is not None:
@@ -300,19 +368,21 @@ def fit(
         if chosen is not None:
             steps, budget = chosen, None
     if budget is not None:
-        budget.begin(start, partial(_from_rank0, device=device) if world > 1 else _same)
+        budget.begin(start, partial(_from_rank0, device=device) if world > 1 else _same, plan=steps)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     on_gpu = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
-    bar = tqdm(total=steps, initial=start, desc=name, disable=rank != 0, dynamic_ncols=True)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=start, desc=name, disable=rank != 0 or not tty, dynamic_ncols=True)
+    lines = _Lines(name, start) if rank == 0 and not tty else None
+    told: set[str] = set()  # what the budget has said this stage ("short", "raised"): each once
     metrics: dict[str, float] = {}
     model.train()
     t0 = time.time()
     step = start
     while step < steps:
         if budget is not None and (cut := budget.observe(step, steps)) != steps:
-            if rank == 0:
-                log.info("[%s] %d of the %d planned steps fit the wall-clock budget", name, cut, steps)
+            _tell(budget, name, steps, cut, rank, told, calibrated=True)
             steps = bar.total = cut
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_lambda(step, steps, cfg.warmup)
@@ -321,13 +391,41 @@ def fit(
         bar.update(1)
         if rank == 0 and (step % cfg.log_every == 0 or step == steps - 1):
             _report(bar, writer, name, metrics, step, (step + 1 - start) / max(1e-9, time.time() - t0))
+        if lines is not None:
+            lines.update(step + 1, steps, metrics)
         if budget is not None and (step + 1) % cfg.ckpt_every == 0:
-            steps = bar.total = budget.checkpoint(step + 1, steps)
+            was, steps = steps, budget.checkpoint(step + 1, steps)
+            _tell(budget, name, was, steps, rank, told)
+            bar.total = steps
         if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == steps):
             save_checkpoint(ckpt_dir / f"step_{step + 1:07d}", model, opt, step + 1, config or {}, steps)
         step += 1
     bar.close()
     return FitResult(steps, metrics)
+
+
+def _tell(budget: Budget, name: str, was: int, steps: int, rank: int, told: set[str], calibrated: bool = False) -> None:
+    """Rank 0 says when the budget changes a stage's count from ``was`` to ``steps``: a warning with the
+    reason when it leaves less than SHORT of the plan, a line when the count first goes back up, and one
+    at calibration (each once a stage; the small cuts at checkpoints pass silently). ``told`` keeps track."""
+    if rank != 0 or steps == was:
+        return
+    line = None if "short" in told or steps > was else budget.shortfall(name, steps)
+    if line is not None:
+        told.add("short")
+        log.warning(line)
+    elif steps > was and "raised" not in told:
+        told.add("raised")
+        log.info(
+            "[%s] the rate recovered (%.3g steps/s): %d of the %d planned steps now fit the wall-clock budget "
+            "(the count follows the rate at the checkpoints while the stage is in its first half)",
+            name,
+            budget.rate,
+            steps,
+            budget.plan,
+        )
+    elif calibrated:
+        log.info("[%s] %d of the %d planned steps fit the wall-clock budget", name, steps, was)
 
 
 def step_indices(seed: int, stage: int, step: int, n: int, global_batch: int, rank: int, world: int) -> np.ndarray:
@@ -661,9 +759,10 @@ class Plan:
     config: dict
     """What config.json records: the resolved config, and the step counts reached once they are known."""
 
-    def budget(self, share: float) -> Budget | None:
-        """The budget of a stage that must end after ``share`` of the run's minutes, if the run has any."""
-        return Budget(self.t_begin + 60 * self.minutes * share) if self.minutes else None
+    def budget(self, share: float, option: str | None = None) -> Budget | None:
+        """The budget of a stage that must end after ``share`` of the run's minutes, if the run has any
+        (``option``: the one that fixes the stage's step count instead)."""
+        return Budget(self.t_begin + 60 * self.minutes * share, option=option) if self.minutes else None
 
 
 def plan_run(cfg: TrainConfig, t_begin: float) -> Plan:
@@ -846,7 +945,8 @@ def autoencoder_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
 
     share = plan.ae_loop.steps / (plan.ae_loop.steps + plan.dyn_loop.steps)
     weights = plan.run / "world" / "autoencoder.safetensors"
-    return Stage("autoencoder", ae, get_batch, plan.ae_loop, "ae_loop", plan.budget(share), ae.trainable, weights)
+    budget = plan.budget(share, "--ae-steps")
+    return Stage("autoencoder", ae, get_batch, plan.ae_loop, "ae_loop", budget, ae.trainable, weights)
 
 
 def encode_episodes(ae: Autoencoder, ds: Dataset, episodes: list[int]) -> tuple[dict[int, torch.Tensor], float]:
@@ -881,7 +981,7 @@ def dynamics_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
             "keys": sample_keys(seed, 2, step, B, r, w),
         }
 
-    return Stage("dynamics", dyn, get_batch, plan.dyn_loop, "dyn_loop", plan.budget(1.0))
+    return Stage("dynamics", dyn, get_batch, plan.dyn_loop, "dyn_loop", plan.budget(1.0, "--dyn-steps"))
 
 
 STAGES: tuple[Callable[[Plan, dict[str, Stage]], Stage], ...] = (autoencoder_stage, dynamics_stage)

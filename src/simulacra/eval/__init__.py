@@ -4,6 +4,11 @@ Open loop with the true actions (PSNR, SSIM, sharpness per horizon; copy-last-fr
 controllability (an inverse-dynamics model trained on real pairs, scored on real vs generated pairs;
 PSNR with true minus random actions), drift (long rollouts: sharpness and distance to the data),
 speed (frames/s of world.step). Writes <run>/eval/metrics.json and report.html.
+
+It says what its numbers mean (see `verdict`): a measurement whose reference fails its sanity check (an
+IDM that does not beat chance on real pairs) is marked invalid with the reason and shows no figure;
+motionless held-out starts are counted and left out of a PSNR-over-moving-starts row; rollouts that run
+past their real episode are masked and marked; and it ends with a pass / fail verdict per bar.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     import torch
 
     from simulacra.data.safety import check_output_folder
-    from simulacra.eval import heldout, measure, report
+    from simulacra.eval import heldout, measure, report, verdict
     from simulacra.world import World
 
     check_options(cfg)
@@ -163,10 +168,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     m["files"] = measure.media(out, arrays, drift_arrays, cfg, world.config.get("fps", 15))
     m["seconds"] = round(time.time() - t0, 1)
     m = measure.finite(m)
+    m["verdict"] = measure.finite(verdict.verdicts(m))
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
     report.write_html(out / "report.html", m)
     report.print_summary(m)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} ({m['seconds']} s)")
+    report.print_verdict(m)
     return m
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from simulacra.errors import SimulacraError
-from simulacra.eval import idm, report
+from simulacra.eval import idm, report, verdict
 from simulacra.eval import metrics as M
 from simulacra.eval.heldout import Heldout
 from simulacra.eval.rollouts import choose_starts, drift_actions, drift_starts, gather, rollout, speed
@@ -43,7 +43,36 @@ def open_loop(world: World, h: Heldout, cfg) -> tuple[dict, dict]:
     for k in ("psnr", "ssim"):
         out[k]["model_mean"] = M.mean_of(out[k]["model"])
         out[k]["copy_last_mean"] = M.mean_of(out[k]["copy_last"])
+    out |= _motionless(starts, ctx, real, mask, p_model, p_copy)
+    ends = verdict.ended_at(mask)
+    out["rollouts_past_end"] = sum(e is not None for e in ends)
+    out["real_ended_at"] = ends
     return out, {"ctx": ctx, "ctx_a": ctx_a, "real": real, "gen": gen, "mask": mask, "p_model": p_model}
+
+
+def _motionless(starts, ctx, real, mask, p_model, p_copy) -> dict:
+    """Starts where the real world stands still over the first steps (a game's motionless intro): there
+    copy-last is exact, so PSNR against it is meaningless; the per-horizon PSNR over the moving starts only."""
+    motion = verdict.motion(ctx[:, -1], real, mask)
+    moving = motion >= verdict.MOTIONLESS_DIFF
+    keep = mask & moving[:, None]
+    return {
+        "motion": {
+            "what": f"mean |frame t+1 - frame t| in [0,1] of the real frames over the first {verdict.MOTION_STEPS} "
+            f"steps of each rollout; below {verdict.MOTIONLESS_DIFF} the start is motionless (copy-last is "
+            "near exact there, so PSNR against it says nothing)",
+            "threshold": verdict.MOTIONLESS_DIFF,
+            "steps": verdict.MOTION_STEPS,
+            "per_rollout": motion.tolist(),
+        },
+        "motionless_starts": int((~moving).sum()),
+        "motionless": [list(s) for s, mv in zip(starts, moving, strict=True) if not mv],
+        "psnr_moving": {
+            "rollouts": int(moving.sum()),
+            "model": M.masked_mean(p_model, keep),
+            "copy_last": M.masked_mean(p_copy, keep),
+        },
+    }
 
 
 def _delta_psnr(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
@@ -110,6 +139,9 @@ def controllability(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
     out["ratio"] = M.ratio(g, r) if r > 0 else None
     out["ratio_above_chance"] = M.ratio(g - c, r - c) if r > c else None
     out["ratio_vs_autoencoder"] = M.ratio(g, ae) if ae > 0 else None
+    verdict.declare(out, verdict.idm_check(out))
+    if not out["valid"]:  # an IDM blind on real pairs measures nothing on generated ones: no ratio figure
+        out["ratio"] = out["ratio_above_chance"] = out["ratio_vs_autoencoder"] = None
     return out
 
 
@@ -155,6 +187,9 @@ def drift(world: World, h: Heldout, cfg, rng) -> tuple[dict, dict]:
         "pool_frames": len(pool),
         "sharpness_curve": [M.ratio(float(v), lap_pool) for v in lap_gen.mean(0)],
         "distance_curve": dist.mean(0).tolist(),
+        "real_ended_at": verdict.ended_at(mask),
+        "past_end": "the drift figures compare generated frames with a pool of real frames, never with the "
+        "episode's own, so nothing is compared past its end; the videos' real panel is hatched there",
     }
     return out, {"real": real, "gen": gen, "mask": mask}
 

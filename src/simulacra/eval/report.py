@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from simulacra.data.video import grid_frames, write_video
+from simulacra.eval import verdict
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 SHOW_H = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -87,11 +88,43 @@ def svg_chart(
     return "\n".join(out) + "</svg>"
 
 
+ENDED_STRIPES = ((48, 48, 48), (112, 40, 40))
+"""The hatch (dark grey and dark red diagonal stripes) that fills a real panel past its episode's end."""
+
+
+def ended_panel(shape: tuple, step: int) -> np.ndarray:
+    """(H, W, 3) frame standing for "no real frame here": hatched, captioned "real ended / at N" (step N)
+    (the caption where the frame is large enough for the 6x11 pixel font)."""
+    H, W = shape[:2]
+    y, x = np.mgrid[:H, :W]
+    img = np.where((((x + y) // 4) % 2 == 0)[..., None], ENDED_STRIPES[0], ENDED_STRIPES[1]).astype(np.uint8)
+    if H >= 24 and W >= 40:
+        pil = Image.fromarray(img)
+        d = ImageDraw.Draw(pil)
+        font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()  # the crisp bitmap font
+        for k, text in enumerate(("real ended", f"at {step}")):
+            box = d.textbbox((2, 2 + 11 * k), text, font=font)
+            d.rectangle((box[0] - 1, box[1] - 1, box[2], box[3]), fill=(0, 0, 0))
+            d.text((2, 2 + 11 * k), text, fill=(255, 255, 255), font=font)
+        img = np.asarray(pil)
+    return img
+
+
+def past_end(real_THWC: np.ndarray, mask_T: np.ndarray) -> np.ndarray:
+    """The real frames of one rollout with every step past the episode's end replaced by `ended_panel`."""
+    if mask_T.all():
+        return real_THWC
+    out = real_THWC.copy()
+    out[~mask_T] = ended_panel(real_THWC.shape[1:], int(mask_T.sum()))
+    return out
+
+
 def side_by_side(real_NTHWC: np.ndarray, gen_NTHWC: np.ndarray, mask_NT: np.ndarray) -> list[np.ndarray]:
-    """Per rollout: (T, H, 2W+2, 3) real | generated; real frames past the episode's end are grey."""
+    """Per rollout: (T, H, 2W+2, 3) real | generated; past the real episode's end the real panel is hatched
+    and captioned "real ended at N" (see `ended_panel`)."""
     out = []
     for r, g, m in zip(real_NTHWC, gen_NTHWC, mask_NT, strict=True):
-        r = np.where(m[:, None, None, None], r, np.uint8(64))
+        r = past_end(r, m)
         sep = np.full((*r.shape[:2], 2, 3), 255, np.uint8)
         out.append(np.concatenate([r, sep, g], 2))
     return out
@@ -107,17 +140,28 @@ def filmstrip(path: Path, real: np.ndarray, gen: np.ndarray, mask: np.ndarray, h
     hs = [h for h in horizons if h <= real.shape[1]]
     rows = []
     for r, g, m in zip(real, gen, mask, strict=True):
-        for src in (np.where(m[:, None, None, None], r, np.uint8(64)), g):
+        for src in (past_end(r, m), g):
             rows.append(np.concatenate([np.pad(src[h - 1], ((1, 1), (1, 1), (0, 0))) for h in hs], 1))
         rows.append(np.full((3, *rows[-1].shape[1:]), 255, np.uint8))  # between rollouts
     img = np.concatenate(rows, 0)
     Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
 
 
+class Text(str):
+    """A table cell of text (a plain str cell is a row heading)."""
+
+
+def _cell(c) -> str:
+    if isinstance(c, Text):
+        return f"<td class='text'>{html.escape(c)}</td>"
+    if isinstance(c, str):
+        return f"<th>{html.escape(c)}</th>"
+    return f"<td>{html.escape(_fmt(c, 4))}</td>"
+
+
 def _table(rows: list[list], head: list[str] | None = None) -> str:
     th = "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in head) + "</tr>" if head else ""
-    cell = lambda c: f"<td>{html.escape(_fmt(c, 4))}</td>" if not isinstance(c, str) else f"<th>{html.escape(c)}</th>"  # noqa: E731
-    return f"<table>{th}{''.join('<tr>' + ''.join(cell(c) for c in r) + '</tr>' for r in rows)}</table>"
+    return f"<table>{th}{''.join('<tr>' + ''.join(_cell(c) for c in r) + '</tr>' for r in rows)}</table>"
 
 
 def _horizon_rows(ol: dict) -> tuple[list[int], list[list]]:
@@ -131,7 +175,18 @@ def _horizon_rows(ol: dict) -> tuple[list[int], list[list]]:
             ("SSIM copy-last", "ssim", "copy_last"),
         ]
     ]
-    return hs, [*rows, ["sharpness ratio", *[ol["sharpness_ratio"][h - 1] for h in hs]]]
+    rows.append(["sharpness ratio", *[ol["sharpness_ratio"][h - 1] for h in hs]])
+    mv = ol.get("psnr_moving")
+    if mv and ol.get("motionless_starts"):  # else the same figures as the rows above
+        rows += [
+            ["PSNR model, moving", *[_at(mv["model"], h) for h in hs]],
+            ["PSNR copy, moving", *[_at(mv["copy_last"], h) for h in hs]],
+        ]
+    return hs, rows
+
+
+def _at(values: list, h: int):
+    return values[h - 1] if len(values) >= h else None
 
 
 def _speed_rows(sp: dict) -> list[list]:
@@ -159,12 +214,58 @@ def _ctl_rows(ctl: dict) -> list[list]:
         ("real t, generated t+1, group B", "generated_real_first"),
         ("chance (ignores the frames)", "chance"),
     ]]  # fmt: skip
+    why = verdict.invalid(ctl)
+    shown = (lambda v: v) if why is None else (lambda v: Text("invalid: see the note above"))  # noqa: E731
     return [
         *rows,
-        ["ratio generated / real", ctl["ratio"]],
-        ["ratio above chance: (generated - chance) / (real - chance)", ctl["ratio_above_chance"]],
-        ["ratio generated / through the autoencoder", ctl["ratio_vs_autoencoder"]],
+        ["ratio generated / real", shown(ctl["ratio"])],
+        ["ratio above chance: (generated - chance) / (real - chance)", shown(ctl["ratio_above_chance"])],
+        ["ratio generated / through the autoencoder", shown(ctl["ratio_vs_autoencoder"])],
     ]
+
+
+def _invalid_note(section: dict) -> list[str]:
+    """The report's banner for a measurement that failed its own sanity check (none where it passed)."""
+    why = verdict.invalid(section)
+    return [] if why is None else [f"<p class='invalid'><b>Invalid:</b> {html.escape(why)}</p>"]
+
+
+def _verdict_rows(vd: dict) -> list[list]:
+    return [
+        [verdict.BARS.get(k, k), Text(verdict.word(v["pass"])), v["value"], v["threshold"], Text(v["note"])]
+        for k, v in vd.items()
+    ]
+
+
+def _motionless_note(ol: dict) -> str:
+    n = ol.get("motionless_starts")
+    if n is None:
+        return ""
+    mo = ol["motion"]
+    if not n:
+        return f"No held-out start is motionless (threshold {mo['threshold']} over {mo['steps']} steps)."
+    where = ", ".join(f"segment {g} step {s}" for g, s in ol["motionless"])
+    return (
+        f"{n} of {ol['rollouts']} held-out starts are motionless: the real frames barely change over the "
+        f"first {mo['steps']} steps (mean |Δframe| below {mo['threshold']}), e.g. a game's motionless intro. "
+        f"There copy-last is near exact, so PSNR against it means nothing; the 'moving' rows give the PSNR "
+        f"over the {ol['psnr_moving']['rollouts']} moving starts only. Motionless: {where} (segments are the "
+        "held-out episodes in the order listed above, or its two halves when there is one)."
+    )
+
+
+def _past_end_note(ends: list, shown: int, what: str) -> str:
+    past = [(k, e) for k, e in enumerate(ends) if e is not None]
+    if not past:
+        return f"No {what} rollout runs past the end of its real episode."
+    in_video = ", ".join(f"rollout {k + 1}: step {e}" for k, e in past if k < shown)
+    return (
+        f"{len(past)} of {len(ends)} {what} rollouts run past the end of their real episode; there is no real "
+        "frame to compare with after it, so those steps are masked out of every figure that compares with the "
+        "real episode, and in the videos and the filmstrip the real panel is hatched (dark grey / red) and "
+        "captioned 'real ended / at N' (N: the last step with a real frame)"
+        + (f" (shown: {in_video})." if in_video else ".")
+    )
 
 
 def write_html(path: Path, m: dict) -> None:
@@ -176,8 +277,10 @@ def write_html(path: Path, m: dict) -> None:
         "<!doctype html><meta charset='utf-8'><title>simulacra eval</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
-        "td{text-align:right}th{text-align:left;background:#f6f6f6}svg{margin:4px}.note{color:#a40}</style>",
+        "td{text-align:right}th{text-align:left;background:#f6f6f6}svg{margin:4px}.note{color:#a40}"
+        "td.text{text-align:left}.invalid{color:#b00}</style>",
         f"<h1>simulacra eval — {e(m['run'])}</h1>",
+        *_verdict_parts(m),
         f"<p>{e(m['date'])} on {e(mc['node'])} ({e(mc['platform'])}, torch {e(mc['torch'])}, "
         f"{mc['threads']} threads, {e(mc['device'])}); took {m.get('seconds')} s.</p>",
         f"<p>Held-out data: <b>{e(m['heldout']['kind'])}</b> {e(m['heldout']['path'])}, episodes "
@@ -193,7 +296,10 @@ def write_html(path: Path, m: dict) -> None:
         svg_chart("SSIM", hs, {"model": ol["ssim"]["model"], "copy last frame": ol["ssim"]["copy_last"]}, "SSIM"),
         svg_chart("sharpness: generated / real", hs, {"model": ol["sharpness_ratio"]}, "ratio", 1.0),
         _table(rows, ["horizon", *show]),
+        f"<p class='note'>{e(_motionless_note(ol))}</p>",
+        f"<p class='note'>{e(_past_end_note(ol.get('real_ended_at', []), _shown(m), 'open-loop'))}</p>",
         "<h2>Controllability</h2>",
+        *_invalid_note(ctl),
         f"<p>{e(ctl.get('what', ''))}</p>",
         _table(_ctl_rows(ctl), ["IDM scored on", *ctl.get("real", {})]),
         _table(
@@ -204,9 +310,14 @@ def write_html(path: Path, m: dict) -> None:
             ]
         ),
         "<h2>Drift</h2>",
+        *_invalid_note(dr),
         f"<p>{e(dr.get('what', dr.get('skipped', '')))}</p>",
         _table([[k, v if not isinstance(v, list) else str(v)] for k, v in dr.items() if k not in CURVES]),
     ]
+    if "real_ended_at" in dr:
+        parts.append(
+            f"<p class='note'>{e(_past_end_note(dr['real_ended_at'], _shown(m), 'drift'))} {e(dr['past_end'])}.</p>"
+        )
     if dr.get("distance_curve"):
         xs = list(range(1, len(dr["distance_curve"]) + 1))
         curve = {"generated": dr["distance_curve"]}
@@ -231,24 +342,59 @@ def write_html(path: Path, m: dict) -> None:
         parts.append(
             f"<p>{e(f)}: per rollout a real row, then a generated row; columns: horizons {cols}<br><img src='{e(f)}'></p>"
         )
+    parts.append(
+        "<p>Past the end of a real episode the real panel is hatched and captioned 'real ended at N' (step N): "
+        "nothing real is left to show or compare with there.</p>"
+    )
     parts.append(f"<h2>Config</h2><pre>{e(json.dumps({**m['config'], 'seeds': m['seeds']}, indent=1))}</pre>")
     path.write_text("\n".join(parts))
 
 
-CURVES = ("what", "distance_curve", "sharpness_curve")
+CURVES = ("what", "distance_curve", "sharpness_curve", "past_end", "real_ended_at", "valid", "invalid_reason")
+
+
+def _shown(m: dict) -> int:
+    """How many rollouts the videos show."""
+    return int((m.get("config") or {}).get("videos", 0))
+
+
+def _verdict_parts(m: dict) -> list[str]:
+    vd = m.get("verdict")
+    if not vd:
+        return []
+    return [
+        "<h2>Verdict</h2>",
+        _table(_verdict_rows(vd), ["bar", "verdict", "value", "threshold", "note"]),
+    ]
 
 
 def print_summary(m: dict) -> None:
     ol, ctl, dr, sp = m["open_loop"], m["controllability"], m["drift"], m["speed"]
     show, rows = _horizon_rows(ol)
+    w = max(16, *(len(r[0]) + 1 for r in rows))
     for r in [["horizon", *show], *rows]:
-        print(f"{r[0]:<16}" + "".join(f" {_fmt(v, 4):>8}" for v in r[1:]))
+        print(f"{r[0]:<{w}}" + "".join(f" {_fmt(v, 4):>8}" for v in r[1:]))
+    if ol.get("motionless_starts"):
+        print(
+            f"open loop: {ol['motionless_starts']} of {ol['rollouts']} starts are motionless (copy-last is near "
+            f"exact there): PSNR over the {ol['psnr_moving']['rollouts']} moving ones in the 'moving' rows"
+        )
+    if ol.get("rollouts_past_end"):
+        print(
+            f"open loop: {ol['rollouts_past_end']} of {ol['rollouts']} rollouts run past their real episode's end:"
+            " those steps are masked out of the means (videos: hatched, 'real ended at N')"
+        )
     if "real" in ctl:
         key = ctl["metric"]
+        why = verdict.invalid(ctl)
+        ratio = (
+            f"ratio {_fmt(ctl['ratio'])} (above chance {_fmt(ctl.get('ratio_above_chance'))})"
+            if why is None
+            else f"ratio invalid: {why}"
+        )
         print(
             f"controllability: IDM {key} real {_fmt(ctl['real'][key])} | generated {_fmt(ctl['generated'][key])}"
-            f" | through AE {_fmt(ctl['reconstructed'][key])} | chance {_fmt(ctl['chance'][key])}"
-            f" | ratio {_fmt(ctl['ratio'])} (above chance {_fmt(ctl.get('ratio_above_chance'))})"
+            f" | through AE {_fmt(ctl['reconstructed'][key])} | chance {_fmt(ctl['chance'][key])} | {ratio}"
         )
     print(f"ΔPSNR true - random actions (h 1..{ctl.get('delta_horizon')}): {_fmt(ctl.get('delta_psnr'))} dB")
     if dr.get("steps"):
@@ -257,3 +403,14 @@ def print_summary(m: dict) -> None:
             f" generated {_fmt(dr['distance_end'])} vs real {_fmt(dr['distance_real'])} (x{_fmt(dr['distance_ratio'])})"
         )
     print("speed (frames/s): " + " | ".join(f"{r[0]} b{r[1]} {_fmt(r[2], 4)}" for r in _speed_rows(sp)))
+
+
+def print_verdict(m: dict) -> None:
+    """The verdict per bar, one line each: PASS / FAIL / n/a, the figure against its threshold, and why."""
+    vd = m.get("verdict") or {}
+    if not vd:
+        return
+    print("verdict:")
+    for k, v in vd.items():
+        fig = "" if v["value"] is None else f" {_fmt(v['value'], 4)} (needs {_fmt(v['threshold'], 4)})"
+        print(f"  {verdict.word(v['pass']):<4} {verdict.BARS.get(k, k)}:{fig} — {v['note']}")
