@@ -103,6 +103,10 @@ RECORD_OPTIONS = [
     (["--env-timeout", "nan"], "--env-timeout"),
     (["--preset", "nope"], "nope"),
     (["--env-id", ""], "--env-id"),
+    (["--env-kwargs", "novalue"], "--env-kwargs"),
+    (["--env-kwargs", '{"unclosed": 1'], "--env-kwargs"),
+    (["--env-kwargs", "[1, 2]"], "--env-kwargs"),
+    (["--resume", "--overwrite"], "--resume"),
 ]
 
 

@@ -1,6 +1,8 @@
 """Named worlds: which env, how its frames are made, how it is explored and how a person plays it.
 
-A preset is data. Anything not named here still records with ``--env-id`` and generic defaults.
+A preset is data. Anything not named here still records with ``--env-id`` and generic defaults (see
+:func:`simulacra.data.record.resolve_preset`: frames letterboxed to 64x64, a 1000-step cap, a sticky random
+explorer, and per env family the settings a world model needs, e.g. no sticky actions on ALE).
 Keyboard maps use browser ``KeyboardEvent.key`` names; for Box actions they give a *delta* applied
 to the current action (``keys_relative``), for discrete ones the action index.
 """
@@ -24,7 +26,11 @@ class WorldPreset:
     frame_source: str = "auto"
     """Where frames come from: 'obs', 'obs:KEY', 'render' or 'auto' (first image found)."""
     resolution: int = 64
-    """Frames are resized to resolution x resolution RGB."""
+    """Frames are stored as resolution x resolution RGB."""
+    fit: str = "stretch"
+    """How a picture of another aspect ratio becomes a square frame: 'stretch' (resize whatever its shape:
+    every preset, as they always did), 'pad' (keep the aspect ratio, black bars: ``--env-id``'s default)
+    or 'crop' (keep the aspect ratio, cut the edges); see simulacra.data.envs."""
     max_episode_steps: int = 1000
     """Episodes are truncated after this many steps."""
     policy: str = "random"

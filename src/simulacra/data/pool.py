@@ -1,10 +1,16 @@
-"""Envs stepping in lockstep for the recorder: in worker processes, or in this process for one env.
+"""Envs stepping in lockstep for the recorder: in worker processes (the recorder always uses them, even for
+one env, so a stuck env can be stopped), or in this process for one env (``in_process``, for library use).
 
 Why not Gymnasium's AsyncVectorEnv: its start-up waits for the workers without a timeout, so an env
 that hangs while it is built (an OpenGL renderer in a forked process does) hangs the recorder silently.
 Here every start-up, reset and step has a deadline; past it the workers are killed and a one-line
 SimulacraError names the env and suggests a fix. Workers also die with the recorder (PDEATHSIG on
-Linux, and end-of-file on their pipe), so a killed recording leaves no orphans.
+Linux, and end-of-file on their pipe), so a killed recording leaves no orphans; they ignore Ctrl-C from
+the moment they start (it reaches the whole process group, and is the recorder's to handle: the recorder
+stops them), so an interrupt prints no worker tracebacks.
+
+Envs can step in lockstep (all of them) or a subset (``mask``): a resumed recording replays the
+schedule of the interrupted one, where envs start at different points of it.
 
 The calls an env sees are those AsyncVectorEnv made (reset(seed, options=None) first, then
 reset(seed, options={}) for each new episode, step(action)), so recordings stay byte-identical.
@@ -69,6 +75,19 @@ def deadline(seconds: float, message: Callable[[], str]) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while the body starts worker processes (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---- the worker process --------------------------------------------------------------------------
@@ -152,9 +171,9 @@ class EnvPool:
 
     # ---- start-up ------------------------------------------------------------------------------
     def _hint(self) -> str:
-        if self.in_process:
+        if self.in_process or self.num_envs == 1:
             return "raise --env-timeout if it is just slow"
-        return "try --num-envs 1 (the env in this process), or raise --env-timeout if it is just slow"
+        return "try --num-envs 1 (a single env process), or raise --env-timeout if it is just slow"
 
     def _start(self) -> None:
         if self.in_process:
@@ -162,6 +181,11 @@ class EnvPool:
                 self.env = self.make()
             return
         ctx = mp.get_context(self.context)
+        with _ctrl_c_ignored():  # inherited (fork), and seen by a spawned interpreter as it starts
+            self._start_workers(ctx)
+        self._gather([None] * self.num_envs, self.start_timeout, "did not start")
+
+    def _start_workers(self, ctx) -> None:
         parent_ends = []
         for k in range(self.num_envs):
             parent, child = ctx.Pipe()
@@ -174,7 +198,6 @@ class EnvPool:
             parent_ends.append(parent)
             self.procs.append(proc)
             self.conns.append(parent)
-        self._gather([None] * self.num_envs, self.start_timeout, "did not start")
 
     def _late(self, what: str, seconds: float) -> str:
         return f"env {self.env_id} {what} within {seconds:g} s (--env-timeout); {self._hint()}"
@@ -236,17 +259,24 @@ class EnvPool:
         cmds = [("reset", (seeds[k], options)) if mask[k] else None for k in range(self.num_envs)]
         return self._ask(cmds, "did not reset")
 
-    def explore_actions(self) -> list:
+    def explore_actions(self, mask: np.ndarray | None = None) -> list:
+        """Env k's exploration policy's next action where mask[k] (all when None); None for the others."""
         if self.in_process:
             return [self._here(self.env.explore_action, "did not choose an action")]
-        return self._ask([("act", None)] * self.num_envs, "did not choose an action")
+        mask = np.ones(self.num_envs, bool) if mask is None else mask
+        cmds = [("act", None) if mask[k] else None for k in range(self.num_envs)]
+        return self._ask(cmds, "did not choose an action")
 
-    def step(self, actions: np.ndarray):
-        """(frames, rewards float64, terminated, truncated) after env k takes actions[k]."""
+    def step(self, actions, mask: np.ndarray | None = None):
+        """(frames, rewards float64, terminated, truncated) after env k takes actions[k], for the envs
+        where mask[k] (all when None); the others do not step (frame None, reward 0, flags False)."""
+        mask = np.ones(self.num_envs, bool) if mask is None else mask
         if self.in_process:
             out = [self._here(lambda: self.env.step(actions[0])[:4], "did not finish a step")]
         else:
-            out = self._ask([("step", actions[k]) for k in range(self.num_envs)], "did not finish a step")
+            cmds = [("step", actions[k]) if mask[k] else None for k in range(self.num_envs)]
+            out = self._ask(cmds, "did not finish a step")
+        out = [o if o is not None else (None, 0.0, False, False) for o in out]
         obs = [o[0] for o in out]
         rew = np.array([o[1] for o in out], dtype=np.float64)
         term = np.array([o[2] for o in out], dtype=np.bool_)

@@ -42,7 +42,10 @@ def _preset_record_config(preset: dict, cfg, out: Path):
     from simulacra.data.record import RecordConfig, resolve_preset
     from simulacra.presets import PRESETS
 
-    kw = {"preset": preset["name"]} if preset.get("name") in PRESETS else {"env_id": preset["env_id"]}
+    if preset.get("name") in PRESETS:
+        kw = {"preset": preset["name"]}
+    else:  # an --env-id world: its settings and frame fit as it was recorded
+        kw = {"env_id": preset["env_id"], "env_kwargs": preset.get("env_kwargs") or [], "fit": preset.get("fit")}
     rc = RecordConfig(
         **kw,
         episodes=cfg.episodes,
@@ -56,7 +59,7 @@ def _preset_record_config(preset: dict, cfg, out: Path):
         sticky=(preset.get("policy_kwargs") or {}).get("sticky"),
     )
     got = resolve_preset(rc).to_dict()
-    keys = ["env_id", "env_kwargs", "frame_source", "resolution", "policy", "policy_kwargs"]
+    keys = ["env_id", "env_kwargs", "frame_source", "resolution", "fit", "policy", "policy_kwargs"]
     if not cfg.max_episode_steps:
         keys.append("max_episode_steps")
     diff = [k for k in keys if got.get(k) != preset.get(k)]
