@@ -88,3 +88,15 @@ def assert_one_line_error(code: int, err: str, *names: str) -> str:
     for name in names:
         assert name in lines[0], f"{name!r} not in {lines[0]!r}"
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process torch on one thread (a module opts in with ``pytestmark``): OpenMP threads crawl on a
+    shared, oversubscribed 2-core CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

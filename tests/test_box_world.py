@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_synthetic
 
 from simulacra.eval import idm
@@ -21,12 +20,7 @@ TINY = dict(horizon=5, starts=2, drift_steps=8, drift_starts=2, idm_steps=10, id
 TINY |= dict(speed_steps=2, speed_batch=2, videos=1, batch_size=8, delta_horizon=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sim(*args):

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_synthetic
 
 pytest.importorskip("onnxruntime")
@@ -76,9 +75,4 @@ def test_export_verb_without_a_world_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("simulacra export: error:") and "world.json" in lines[0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")

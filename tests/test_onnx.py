@@ -46,13 +46,7 @@ def make_world(kind: str, frame: int = 32) -> World:
     return World(ae, dyn, config | {"frame_shape": [frame, frame, 3]})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Eager references on one thread: OpenMP threads crawl on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["discrete", "box"])

@@ -20,12 +20,7 @@ from simulacra.world import Starts, World, WorldEnv, WorldVectorEnv
 FRAME = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_world(space: dict, context: int = 3) -> World:
