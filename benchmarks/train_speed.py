@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from simulacra.loop import LoopConfig, fit, sample_keys
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
 from simulacra.models.dynamics import Dynamics
 from simulacra.spaces import ActionSpace
-from simulacra.train import SIZES, LoopConfig, fit, sample_keys
+from simulacra.train import SIZES
 
 
 def measure(

@@ -15,7 +15,8 @@ from conftest import make_synthetic
 from safetensors.numpy import load_file
 
 from simulacra.data import Dataset
-from simulacra.train import SIZES, Budget, LoopConfig, TrainConfig, budget_minutes, fit
+from simulacra.loop import Budget, LoopConfig, fit
+from simulacra.train import SIZES, TrainConfig, budget_minutes
 from simulacra.world import World
 
 TRAIN = [sys.executable, "-m", "simulacra.cli", "train", "--size", "debug", "--no-tensorboard"]

@@ -10,21 +10,10 @@ import torch
 from safetensors.numpy import load_file
 
 from simulacra.errors import SimulacraError
+from simulacra.loop import CALIBRATE, MARGIN, WARMUP_UNTIMED, Budget, LoopConfig, fit, lr_lambda
 from simulacra.models.autoencoder import AutoencoderConfig
 from simulacra.models.dynamics import DynamicsConfig
-from simulacra.train import (
-    CALIBRATE,
-    MARGIN,
-    SIZES,
-    WARMUP_UNTIMED,
-    Budget,
-    LoopConfig,
-    SizePreset,
-    TrainConfig,
-    fit,
-    lr_lambda,
-    model_configs,
-)
+from simulacra.train import SIZES, SizePreset, TrainConfig, model_configs
 
 CAL = WARMUP_UNTIMED + CALIBRATE  # the step at which a budget first cuts (from step 0)
 

@@ -18,8 +18,8 @@ from safetensors.numpy import load_file
 
 from simulacra.eval import EvalConfig, evaluate, measure, report, verdict
 from simulacra.eval.heldout import Heldout
+from simulacra.loop import CALIBRATE, MARGIN, WARMUP_UNTIMED, Budget, LoopConfig, fit, lr_lambda
 from simulacra.spaces import ActionSpace
-from simulacra.train import CALIBRATE, MARGIN, WARMUP_UNTIMED, Budget, LoopConfig, fit, lr_lambda
 
 CAL = WARMUP_UNTIMED + CALIBRATE
 SIM = [sys.executable, "-m", "simulacra.cli"]
@@ -247,7 +247,7 @@ def _x(step, rank, world):
 def test_fit_warns_once_and_raises_the_count_when_the_rate_recovers(tmp_path, caplog):
     cfg = LoopConfig(1000, 2, 1e-2, warmup=10, ckpt_every=10, log_every=10**9)
     model = Clocked()
-    with caplog.at_level(logging.INFO, logger="simulacra.train"):
+    with caplog.at_level(logging.INFO, logger="simulacra"):
         result = fit(model, _x, cfg, tmp_path / "a", "toy", budget=Budget(100.0, clock=model.clock))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "98 of its 1000 planned steps" in warnings[0]  # 1 step/s at calibration
