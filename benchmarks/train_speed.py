@@ -1,5 +1,5 @@
 """Training throughput of the dynamics model per size preset: steps/s, samples/s and peak memory,
-through the real training loop (``train.fit``: AdamW, bf16 autocast on CUDA, clipping, the per-sample
+through the real training loop (``loop.fit``: AdamW, bf16 autocast on CUDA, clipping, the per-sample
 keyed noise), on synthetic latent windows of the 'pixels' autoencoder (speed does not depend on values).
 
     python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64] [--profile]
