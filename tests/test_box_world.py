@@ -17,7 +17,8 @@ from simulacra.spaces import ActionSpace
 SIM = [sys.executable, "-m", "simulacra.cli"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 shared cores: oversubscribed threads crawl
 TINY = dict(horizon=5, starts=2, drift_steps=8, drift_starts=2, idm_steps=10, idm_pairs=24, pool_frames=40)
-TINY |= dict(speed_steps=2, speed_batch=2, videos=1, batch_size=8, delta_horizon=4)
+TINY |= dict(speed_steps=2, speed_batch=2, videos=1, batch_size=8, delta_horizon=4, probe_steps=5, critic_clips=16)
+TINY |= dict(critic_steps=3, event_steps=64)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -163,11 +163,15 @@ class Oracle:
     def rollout(self, state, actions, generator):
         assert isinstance(generator, torch.Generator) and len(actions) == len(state)
         T = actions.shape[1]
-        out = []
+        out, rew, done = [], [], []
         for e, t in state:
-            f = self.episodes[e]["frames"]
+            ep = self.episodes[e]
+            f = ep["frames"]
             out.append(f[np.minimum(np.arange(t + 1, t + 1 + T), len(f) - 1)])
-        return state, np.stack(out), np.zeros((len(state), T)), np.zeros((len(state), T), bool)
+            steps = np.minimum(np.arange(t, t + T), len(f) - 2)
+            rew.append(np.sign(ep["reward"][steps]))  # the heads know what really happened, too
+            done.append(ep["terminated"][steps])
+        return state, np.stack(out), np.stack(rew), np.stack(done)
 
 
 def test_oracle_world_matches_reality_at_every_horizon(tmp_path, capsys):
@@ -193,6 +197,17 @@ def test_oracle_world_matches_reality_at_every_horizon(tmp_path, capsys):
     )
     d, _ = measure.drift(world, h, cfg, rng)
     assert d["distance_start"] > 0 and 0.8 < d["distance_ratio"] < 1.25
+    from simulacra.eval import fidelity
+
+    mo = fidelity.motion(arrays["ctx"][:, -1], arrays["real"], arrays["gen"], arrays["mask"])
+    assert mo["ratio"] == [1.0] * 12
+    ev = fidelity.events(world, h, cfg, rng, arrays)
+    for kind in ("reward", "termination"):
+        tf = ev[kind]["teacher_forced"]
+        assert tf["real"] > 0 and tf["precision"] == tf["recall"] == 1.0, (kind, tf)
+        assert ev[kind]["open_loop"]["recall"] == 1.0
+    assert ev["reward"]["teacher_forced_base_rate"]["rate"] == 1.0  # synthetic rewards are never 0
+    assert "skipped" in ev["life_loss"]  # no lives recorded
     assert capsys.readouterr().out == ""  # library code returns values; only the verb prints
 
 
@@ -235,7 +250,8 @@ def test_fresh_episodes_are_recorded_silently_and_reused(tmp_path, capsys):
 
 # ---- end to end --------------------------------------------------------------------------------
 SMALL = dict(horizon=6, starts=2, drift_steps=20, drift_starts=2, idm_steps=10, idm_pairs=24, pool_frames=60)
-SMALL |= dict(speed_steps=3, speed_batch=4, videos=2, batch_size=8)
+SMALL |= dict(speed_steps=3, speed_batch=4, videos=2, batch_size=8, probe_steps=5, critic_clips=16, critic_steps=3)
+SMALL |= dict(event_steps=64)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +302,12 @@ def test_eval_end_to_end(trained):
         assert c[k] is not None, k
     # noise frames and random actions: the IDM cannot beat chance on real pairs, so there is no ratio figure
     assert c["ratio"] is not None if c["valid"] else c["ratio"] is None and c["invalid_reason"]
-    assert set(m["verdict"]) == {"psnr16_vs_copy_last", "idm_ratio", "sharpness16", "frames_per_s_batch1"}
+    assert set(m["verdict"]) == {"psnr16_vs_copy_last", "idm_ratio", "sharpness16", "frames_per_s_batch1",
+                                 "state_fidelity16", "motion1to16", "reward_events", "termination_events",
+                                 "clips16", "drift1024"}  # fmt: skip
+    assert "no true state" in m["state"]["skipped"]  # synthetic data: no state recorded
+    assert m["verdict"]["state_fidelity16"]["pass"] is None and len(m["motion"]["ratio"]) == 6
+    assert m["events"]["reward"]["teacher_forced"]["real"] > 0
     assert 0 <= c["real"]["accuracy"] <= 1 and 0 <= c["generated"]["accuracy"] <= 1
     d = m["drift"]
     assert d["steps"] == 20 and len(d["distance_curve"]) == 20
@@ -300,7 +321,7 @@ def test_eval_end_to_end(trained):
     for svg in svgs:
         ET.fromstring(svg)  # well-formed
     refs = re.findall(r"(?:src)='([^']+)'", page)
-    assert {"openloop.mp4", "drift.mp4", "filmstrip.png"} <= set(refs)
+    assert {"openloop.mp4", "drift.mp4", "filmstrip.png", "filmstrip_long.png"} <= set(refs)
     for f in refs:
         assert (run / "eval" / f).stat().st_size > 0
 

@@ -152,6 +152,23 @@ def _ol(model=30.0, copy=28.0, sharp=0.9, H=16, **kw) -> dict:
     }
 
 
+def _fidelity(fid=0.7, motion=1.0, recall=0.8, precision=0.6, clip=0.6, drift=1.5) -> dict:
+    """The fidelity sections of a metrics dict, as the eval writes them."""
+    tf = {"real": 10, "predicted": 12, "precision": precision, "recall": recall}
+    base = {"precision": 0.01, "recall": 0.01}
+    clip_s = {"accuracy": clip, "interval95": [clip - 0.05, clip + 0.05], "real_clips": 100, "generated_clips": 100}
+    return {
+        "state": {"valid": True, "kept": ["x"], "fidelity": [fid] * 16,
+                  "error": {"model": [0.2] * 16, "copy_last": [0.6] * 16, "real": [0.1] * 16}},
+        "motion": {"ratio": [motion] * 16},
+        "events": {"teacher_forced_steps": 500,
+                   "reward": {"teacher_forced": tf, "teacher_forced_base_rate": base},
+                   "termination": {"teacher_forced": tf, "teacher_forced_base_rate": base}},
+        "clips": {"valid": True, "model": clip_s, "copy_last": {**clip_s, "accuracy": 0.99}},
+        "drift": {"steps": 1024, "distance_real": 0.05, "at": {"1024": {"distance": 0.05 * drift, "distance_ratio": drift}}},
+    }  # fmt: skip
+
+
 def test_verdict_passes_a_good_world_and_fails_a_bad_one(capsys):
     ctl = {
         "metric": "accuracy",
@@ -161,7 +178,7 @@ def test_verdict_passes_a_good_world_and_fails_a_bad_one(capsys):
         "real": {"accuracy": 0.5},
     }
     speed = {"eager": {"batch_1": {"frames_per_s": 40.0}}, "onnx": {"batch_1": {"frames_per_s": 75.0}}}
-    good = verdict.verdicts({"open_loop": _ol(), "controllability": ctl, "speed": speed})
+    good = verdict.verdicts({"open_loop": _ol(), "controllability": ctl, "speed": speed, **_fidelity()})
     assert set(good) == set(verdict.BARS) and all(v["pass"] is True for v in good.values())
     assert good["psnr16_vs_copy_last"] == {
         "pass": True,
@@ -175,6 +192,7 @@ def test_verdict_passes_a_good_world_and_fails_a_bad_one(capsys):
             "open_loop": _ol(model=28.5, sharp=0.5),
             "controllability": {**ctl, "ratio": 0.7},
             "speed": {"eager": {"batch_1": {"frames_per_s": 40.0}}, "onnx": {"error": "no onnxruntime"}},
+            **_fidelity(fid=0.2, motion=0.0, recall=0.0, precision=None, clip=0.9, drift=5.0),
         }
     )
     assert all(v["pass"] is False for v in bad.values())
@@ -187,9 +205,18 @@ def test_verdict_passes_a_good_world_and_fails_a_bad_one(capsys):
     assert still["pass"] is None and still["note"].startswith("invalid: every held-out start is motionless")
     report.print_verdict({"verdict": bad})
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "verdict:" and len(out) == 5 and all(line.split()[0] == "FAIL" for line in out[1:])
+    assert out[0] == "verdict:" and len(out) == 1 + len(verdict.BARS)
+    assert all(line.split()[0] == "FAIL" for line in out[1:])
     page = "".join(report._verdict_parts({"verdict": good}))
-    assert page.count("<td class='text'>PASS</td>") == 4
+    assert page.count("<td class='text'>PASS</td>") == len(verdict.BARS)
+    # a world that moves too much fails motion as surely as a frozen one
+    assert verdict._motion_bar({"ratio": [1.0] * 8 + [1.5] * 8})["pass"] is False
+    # the fidelity bars say n/a (never pass) where their measurement was skipped or is invalid
+    na = verdict.verdicts({"open_loop": _ol(), "controllability": ctl, "speed": speed,
+                           "state": {"skipped": "no state"}, "clips": {"valid": False, "invalid_reason": "blind"},
+                           "events": {"skipped": "no step"}, "drift": {"steps": 256}})  # fmt: skip
+    for k in ("state_fidelity16", "clips16", "reward_events", "termination_events", "drift1024", "motion1to16"):
+        assert na[k]["pass"] is None, k
 
 
 def test_real_panel_past_the_episode_end_is_hatched_and_captioned():
@@ -302,7 +329,8 @@ def test_train_output_off_a_terminal_has_no_carriage_returns_and_eval_says_what_
     progress = [x for x in p.stdout.splitlines() if x.startswith("[dynamics] step ")]
     assert progress[-1].startswith("[dynamics] step 12/12 (100%)") and len(progress) <= 11
     small = dict(horizon=6, starts=2, drift_steps=24, drift_starts=2, idm_steps=10, idm_pairs=48, pool_frames=60)
-    small |= dict(speed_steps=3, speed_batch=4, videos=2, batch_size=8, onnx=False)
+    small |= dict(speed_steps=3, speed_batch=4, videos=2, batch_size=8, onnx=False, probe_steps=5, critic_clips=16)
+    small |= dict(critic_steps=3, event_steps=64)
     m = evaluate(EvalConfig(run=str(tmp_path / "run"), data=str(tmp_path / "other"), **small))
     out = capsys.readouterr().out
     c = m["controllability"]
@@ -315,7 +343,9 @@ def test_train_output_off_a_terminal_has_no_carriage_returns_and_eval_says_what_
     ctl_line = next(x for x in lines if x.startswith("controllability"))
     assert "ratio invalid:" in ctl_line and not re.search(r"ratio -?\d", ctl_line)
     at = lines.index("verdict:")
-    assert lines[at - 1].startswith("wrote ") and len(lines) == at + 5 and "invalid:" in lines[at + 2]
+    assert (
+        lines[at - 1].startswith("wrote ") and len(lines) == at + 1 + len(verdict.BARS) and "invalid:" in lines[at + 2]
+    )
     assert any(e is not None for e in saved["drift"]["real_ended_at"])  # 24 steps from episodes of 16-20
     page = (tmp_path / "run/eval/report.html").read_text()
     assert page.index("<h2>Verdict</h2>") < page.index("<h2>Open loop")

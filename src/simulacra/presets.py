@@ -44,6 +44,10 @@ class WorldPreset:
     noop_action: Any = 0
     """Discrete: action sent when no key is pressed. Relative (Box) keys: the starting action; with no
     key pressed the current action is kept, so a pusher stays where it is."""
+    state: str = "auto"
+    """Where the env's true state per frame comes from, for the eval's state probes: 'auto' (by env family:
+    ALE RAM, CarRacing's car, ViZDoom's game variables, Push-T's poses, MiniGrid / MiniWorld's agent, an
+    unwrapped numeric ``state``), 'none', a reader of simulacra.data.state or 'module:function'."""
     fps: int = 15
     """Playback rate of recorded frames (previews, play)."""
     description: str = ""

@@ -11,6 +11,7 @@ import numpy as np
 from tyro.conf import Positional
 
 from simulacra import layout
+from simulacra.data import state
 from simulacra.data.safety import MAX_RESOLUTION, check_output_file, check_output_folder, check_range
 from simulacra.data.store import Dataset
 from simulacra.errors import DatasetError, SimulacraError
@@ -57,7 +58,25 @@ def _summary(ds: Dataset) -> dict:
         "bytes_on_disk": sum(e.nbytes for e in ds.episodes),
         "raw_frame_bytes": ds.num_frames * int(np.prod(ds.info["frame_shape"])),
         "crash_leftover": bool(ds.torn_tail),
+        "state_variables": len(ds.state_names),
+        "events": _events(ds),
     }
+
+
+def _events(ds: Dataset) -> dict:
+    """How many reward events, terminations and life losses the episodes hold (what the eval's event
+    scores can be measured on); life losses only where lives were recorded."""
+    counts: dict = {k: 0 for k in state.EVENTS}
+    with_lives = 0
+    for i in range(len(ds)):
+        ev = state.step_events(ds.arrays(i))
+        for k, v in ev.items():
+            if v is not None:
+                counts[k] += int(v.sum())
+        with_lives += ev["life_loss"] is not None
+    if not with_lives:
+        counts["life_loss"] = None
+    return counts
 
 
 def info(cfg: InfoConfig) -> int:
@@ -76,6 +95,10 @@ def info(cfg: InfoConfig) -> int:
     print(f"length       min {el['min']}  mean {el['mean']:.1f}  max {el['max']}")
     print(f"return       min {r['min']:.2f}  mean {r['mean']:.2f}  max {r['max']:.2f}")
     print(f"ends         {s['terminated']} terminated, {s['truncated']} truncated")
+    ev = s["events"]
+    lives = "no lives recorded" if ev["life_loss"] is None else f"{ev['life_loss']} life losses"
+    print(f"events       {ev['reward']} reward steps, {ev['termination']} terminations, {lives}")
+    print(f"state        {s['state_variables'] or 'no'} true state variables per frame (for the eval's probes)")
     print(f"disk         {s['bytes_on_disk'] / 2**20:.1f} MiB ({ratio:.1f}x smaller than raw frames)")
     if s["crash_leftover"]:
         print("warning      an episode was being registered when a crash hit; run `simulacra data verify`")

@@ -26,13 +26,14 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 from PIL import Image
 
+from simulacra.data import state
 from simulacra.errors import SimulacraError
 from simulacra.spaces import ActionSpace
 
@@ -274,10 +275,19 @@ class FrameEnv(gym.Wrapper):
     """Observation = the env's picture at ``size``; carries the exploration policy of its preset."""
 
     def __init__(
-        self, env: gym.Env, size: tuple[int, int], frame_source: str = "auto", policy=None, fit: str = "stretch"
+        self,
+        env: gym.Env,
+        size: tuple[int, int],
+        frame_source: str = "auto",
+        policy=None,
+        fit: str = "stretch",
+        state_reader: Callable | None = None,
     ):
         super().__init__(env)
         self.size, self.fit = size, fit
+        self.state_reader = state_reader
+        self.extras: dict = {"state": {}, "lives": None}
+        """The env's true state and lives at the last frame (see simulacra.data.state)."""
         self.native_shape: tuple[int, ...] | None = None
         """Shape of the last picture the env gave, before it became a stored frame."""
         self.source = find_frame_source(env, frame_source)
@@ -301,12 +311,18 @@ class FrameEnv(gym.Wrapper):
         obs, info = self.env.reset(seed=seed, options=options)
         if self.policy is not None:
             self.policy.reset(seed, self.env)
+        self._read_state(obs, info)
         return self._frame(obs), info
 
     def step(self, action):
         self.space.validate(action)  # a one-line error before the env sees an action it cannot take
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._read_state(obs, info)
         return self._frame(obs), reward, terminated, truncated, info
+
+    def _read_state(self, obs, info) -> None:
+        values, lives = state.read(self.state_reader, self.env, obs, info)
+        self.extras = {"state": values, "lives": lives}
 
     def explore_action(self):
         """The preset's exploration policy's next action (computed here, next to the env's state)."""
@@ -321,6 +337,7 @@ def make_env(
     max_episode_steps: int | None = None,
     policy=None,
     fit: str = "stretch",
+    state_reader: str = "none",
 ) -> FrameEnv:
     """Build a Gymnasium env whose observations are RGB frames of ``size``; clear errors if it can't."""
     registered = _register(env_id)
@@ -348,7 +365,7 @@ def make_env(
             except TypeError as e2:
                 raise _bad_kwargs(env_id, given, e2) from None
     try:
-        return FrameEnv(env, size, frame_source, policy, fit)
+        return FrameEnv(env, size, frame_source, policy, fit, state.resolve_reader(state_reader, env_id))
     except SimulacraError:
         env.close()
         raise

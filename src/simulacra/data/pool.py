@@ -115,12 +115,12 @@ def _worker(conn: Connection, make: Callable, parent_ends: list) -> None:
             cmd, data = conn.recv()
             if cmd == "reset":
                 obs, _ = env.reset(seed=data[0], options=data[1])
-                conn.send(("ok", obs))
+                conn.send(("ok", (obs, getattr(env, "extras", None))))
             elif cmd == "act":
                 conn.send(("ok", env.explore_action()))
             elif cmd == "step":
                 obs, reward, terminated, truncated, _ = env.step(data)
-                conn.send(("ok", (obs, reward, terminated, truncated)))
+                conn.send(("ok", (obs, reward, terminated, truncated, getattr(env, "extras", None))))
             elif cmd == "close":
                 break
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
@@ -163,6 +163,8 @@ class EnvPool:
         self.procs: list = []
         self.conns: list[Connection] = []
         self.first_reset = True
+        self.extras: list[dict | None] = [None] * n
+        """Per env: its true state and lives at its latest frame (FrameEnv.extras; None for other envs)."""
         try:
             self._start()
         except BaseException:
@@ -255,9 +257,19 @@ class EnvPool:
         self.first_reset = False
         mask = np.ones(self.num_envs, bool) if mask is None else mask
         if self.in_process:
-            return [self._here(lambda: self.env.reset(seed=seeds[0], options=options)[0], "did not reset")]
-        cmds = [("reset", (seeds[k], options)) if mask[k] else None for k in range(self.num_envs)]
-        return self._ask(cmds, "did not reset")
+            out = [
+                self._here(lambda: (self.env.reset(seed=seeds[0], options=options)[0], self._extras()), "did not reset")
+            ]
+        else:
+            cmds = [("reset", (seeds[k], options)) if mask[k] else None for k in range(self.num_envs)]
+            out = self._ask(cmds, "did not reset")
+        for k, o in enumerate(out):
+            if o is not None:
+                self.extras[k] = o[1]
+        return [None if o is None else o[0] for o in out]
+
+    def _extras(self) -> dict | None:
+        return getattr(self.env, "extras", None)
 
     def explore_actions(self, mask: np.ndarray | None = None) -> list:
         """Env k's exploration policy's next action where mask[k] (all when None); None for the others."""
@@ -272,11 +284,14 @@ class EnvPool:
         where mask[k] (all when None); the others do not step (frame None, reward 0, flags False)."""
         mask = np.ones(self.num_envs, bool) if mask is None else mask
         if self.in_process:
-            out = [self._here(lambda: self.env.step(actions[0])[:4], "did not finish a step")]
+            out = [self._here(lambda: (*self.env.step(actions[0])[:4], self._extras()), "did not finish a step")]
         else:
             cmds = [("step", actions[k]) if mask[k] else None for k in range(self.num_envs)]
             out = self._ask(cmds, "did not finish a step")
-        out = [o if o is not None else (None, 0.0, False, False) for o in out]
+        for k, o in enumerate(out):
+            if o is not None:
+                self.extras[k] = o[4]
+        out = [o if o is not None else (None, 0.0, False, False, None) for o in out]
         obs = [o[0] for o in out]
         rew = np.array([o[1] for o in out], dtype=np.float64)
         term = np.array([o[2] for o in out], dtype=np.bool_)

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from tyro.conf import UseAppendAction
 
 from simulacra import __version__, layout
+from simulacra.data import state as st
 from simulacra.data.envs import FITS, family_defaults, fitted_size, make_env, parse_env_kwargs, registered_limit
 from simulacra.data.policies import POLICIES, make_policy
 from simulacra.data.pool import EnvPool, deadline, uses_opengl
@@ -112,6 +113,8 @@ class RecordConfig:
     """Exploration policy override: random, carracing, pusht (default: the preset's)."""
     sticky: float | None = None
     """For the random policy: probability of repeating the previous action (default: the preset's)."""
+    state: str | None = None
+    """The env's true state per frame (for the eval's state probes): auto, none, a reader name (ale_ram, car_racing, vizdoom, push_t, minigrid, miniworld, crafter, state_attribute) or module:function (default: the preset's, auto)."""
     env_timeout: float = 30.0
     """Seconds an env may take for one reset or step before recording stops with an error (start-up: twice that)."""
 
@@ -176,6 +179,8 @@ def resolve_preset(cfg: RecordConfig) -> WorldPreset:
         over["max_episode_steps"] = cfg.max_episode_steps
     if cfg.policy is not None and cfg.policy != base.policy:
         over["policy"], over["policy_kwargs"] = cfg.policy, {}
+    if cfg.state is not None:
+        over["state"] = cfg.state
     if cfg.sticky is not None:
         over["policy_kwargs"] = {**(over.get("policy_kwargs", base.policy_kwargs)), "sticky": cfg.sticky}
     return replace(base, **over)
@@ -190,6 +195,7 @@ def _make(p: WorldPreset):
         p.max_episode_steps,
         make_policy(p.policy, **p.policy_kwargs),
         p.fit,
+        p.state,
     )
 
 
@@ -202,6 +208,9 @@ class _Probe:
     own_limit: int | None
     """The env's own step limit (MiniWorld's ``max_episode_steps`` attribute), if it has one."""
     registered_limit: int | None
+    state_names: list[str] = field(default_factory=list)
+    """The names of the true state variables its reader gave at the first frame (none: no state)."""
+    has_lives: bool = False
 
 
 @dataclass
@@ -258,6 +267,8 @@ def _probe(cfg: RecordConfig, p: WorldPreset) -> _Probe:
                 tuple(probe.native_shape or ()),
                 own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else None,
                 registered_limit(p.env_id),
+                list(probe.extras["state"]),
+                probe.extras["lives"] is not None,
             )
         finally:
             probe.close()
@@ -295,6 +306,7 @@ def _choose(plan: _Plan) -> None:
         "episodes_default": cfg.episodes is None,
         "env_kwargs_given": user,
         "env_kwargs_defaults": {k: v for k, (v, _) in defaults.items() if k not in user},
+        "state": {"reader": p.state, "variables": len(probe.state_names), "lives": probe.has_lives},
     }
 
 
@@ -496,6 +508,7 @@ def _info(plan: _Plan, space: ActionSpace) -> dict:
         "source": "record",
         "record_config": {**plan.record_config(), "resume": False},
         "record_choices": plan.choices,
+        "state_names": plan.probe.state_names,
         "simulacra_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -710,7 +723,7 @@ def _loop(envs: EnvPool, writer: DatasetWriter, plan: _Plan, schedule: tuple, do
     episode_of, clock, next_k = list(schedule[0]), list(schedule[1]), schedule[2]
     playing = np.array([k < target for k in episode_of])  # the others have nothing left to play
     obs = envs.reset([cfg.seed + k for k in episode_of], playing)
-    bufs = [_new_buffer(obs[i]) if playing[i] else None for i in range(n)]
+    bufs = [_new_buffer(obs[i], envs.extras[i]) if playing[i] else None for i in range(n)]
     steps = 0
     while done_count < target:
         now = min(clock[i] for i in range(n) if playing[i])
@@ -733,6 +746,7 @@ def _loop(envs: EnvPool, writer: DatasetWriter, plan: _Plan, schedule: tuple, do
             b["rewards"].append(rew[i])
             b["terminated"].append(term[i])
             b["truncated"].append(trunc[i])
+            _add_extras(b, envs.extras[i])
             if not (term[i] or trunc[i]):
                 continue
             k = episode_of[i]
@@ -743,6 +757,8 @@ def _loop(envs: EnvPool, writer: DatasetWriter, plan: _Plan, schedule: tuple, do
                     b["rewards"],
                     b["terminated"],
                     b["truncated"],
+                    state=st.stack(b["state"], writer.info.get("state_names") or []),
+                    lives=np.asarray(b["lives"], np.int32) if None not in b["lives"] else None,
                     seed=cfg.seed + k,
                     env_id=p.env_id,
                     preset=None if plan.generic else p.name,
@@ -765,8 +781,16 @@ def _loop(envs: EnvPool, writer: DatasetWriter, plan: _Plan, schedule: tuple, do
         if reset_mask.any() and done_count < target:
             obs = envs.reset(seeds, reset_mask)
             for i in np.flatnonzero(reset_mask):
-                bufs[i] = _new_buffer(obs[i])
+                bufs[i] = _new_buffer(obs[i], envs.extras[i])
 
 
-def _new_buffer(frame: np.ndarray) -> dict:
-    return {"frames": [frame], "actions": [], "rewards": [], "terminated": [], "truncated": []}
+def _new_buffer(frame: np.ndarray, extras: dict | None) -> dict:
+    b = {"frames": [frame], "actions": [], "rewards": [], "terminated": [], "truncated": [], "state": [], "lives": []}
+    _add_extras(b, extras)
+    return b
+
+
+def _add_extras(b: dict, extras: dict | None) -> None:
+    """The true state and lives at the frame just appended (per frame: one more than the steps)."""
+    b["state"].append((extras or {}).get("state") or {})
+    b["lives"].append((extras or {}).get("lives"))

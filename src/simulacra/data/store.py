@@ -58,7 +58,16 @@ MAGIC = b"SIMEP\x00v1"
 MANIFEST = "episodes.jsonl"
 INFO = "info.json"
 STEP_ARRAYS = ("action", "reward", "terminated", "truncated")
-ARRAY_DTYPES = {"reward": np.dtype(np.float32), "terminated": np.dtype(bool), "truncated": np.dtype(bool)}
+FRAME_ARRAYS = ("state", "lives")
+"""Optional arrays with one row per *frame* (L+1): the env's true state (float32 (L+1, S), its names in
+info.json's ``state_names``) and its lives (int32 (L+1,)). Data sets without them stay readable."""
+ARRAY_DTYPES = {
+    "reward": np.dtype(np.float32),
+    "terminated": np.dtype(bool),
+    "truncated": np.dtype(bool),
+    "state": np.dtype(np.float32),
+    "lives": np.dtype(np.int32),
+}
 """How the store keeps the per-step arrays (actions: the action space's dtype)."""
 MIN_BLOCK_BYTES = 16
 """No frame block takes fewer bytes in a shard (its zstd frame plus its entry in the header): a manifest
@@ -179,6 +188,14 @@ def check_info(info, where: str) -> None:
         raise DatasetError(f"{where}: fps {_r(fps)} is not a positive number")
     if "action_space" in info and not isinstance(info["action_space"], dict | None):
         raise DatasetError(f"{where}: action_space {_r(info['action_space'])} is not an action space object")
+    names = info.get("state_names", [])
+    if (
+        not isinstance(names, list)
+        or len(names) > 4096
+        or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise DatasetError(f"{where}: state_names {_r(names)} is not a list of distinct names")
 
 
 def is_dataset_folder(root: str | os.PathLike) -> bool:
@@ -319,9 +336,12 @@ class DatasetWriter:
         rewards: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        state: np.ndarray | None = None,
+        lives: np.ndarray | None = None,
         **meta: Any,
     ) -> EpisodeMeta:
-        """Write one episode: L+1 frames and L of everything else (actions None if action-free)."""
+        """Write one episode: L+1 frames and L of everything else (actions None if action-free); optionally
+        the true state (L+1, S) in the order of info.json's ``state_names`` and the lives (L+1,) per frame."""
         frames_THWC = np.asarray(frames_THWC, dtype=np.uint8)
         steps = len(frames_THWC) - 1
         if steps < 1:
@@ -339,6 +359,19 @@ class DatasetWriter:
         for name, arr in arrays.items():
             if (len(arr) if arr.ndim else 1) != steps:
                 raise DatasetError(f"episode has {steps} steps but {len(arr) if arr.ndim else 1} values of {name!r}")
+        names = self.info.get("state_names") or []
+        if state is not None and names:
+            state = np.asarray(state, np.float32)
+            if state.shape != (steps + 1, len(names)) or not np.isfinite(state).all():
+                raise DatasetError(
+                    f"episode state is {list(state.shape)} (finite), the data set needs {[steps + 1, len(names)]}"
+                )
+            arrays["state"] = state
+        if lives is not None:
+            lives = np.asarray(lives, np.int32)
+            if lives.shape != (steps + 1,):
+                raise DatasetError(f"episode has {steps + 1} frames but {len(lives)} values of 'lives'")
+            arrays["lives"] = lives
         if actions is not None:
             try:
                 space = ActionSpace.from_json(self.info.get("action_space"))
@@ -442,6 +475,11 @@ class Dataset:
     def num_frames(self) -> int:
         return sum(e.length + 1 for e in self.episodes)
 
+    @property
+    def state_names(self) -> list[str]:
+        """Names of the env's true state variables stored per frame (empty: no state recorded)."""
+        return list(self.info.get("state_names") or [])
+
     @cached_property
     def action_space(self) -> ActionSpace:
         """The data set's action space; a one-line DatasetError if it is one simulacra cannot learn from."""
@@ -512,7 +550,7 @@ class Dataset:
             ):
                 raise bad(f"frame block {b} is {_r(entry)} in the header, not [offset, nbytes, {want}]")
         want = {"reward", "terminated", "truncated"} | ({"action"} if ep.has_actions else set())
-        if set(arrays) != want:
+        if not want <= set(arrays) <= want | set(FRAME_ARRAYS):
             raise bad(f"header has arrays {_r(sorted(map(str, arrays)))}, the manifest's episode needs {sorted(want)}")
         for name, a in arrays.items():
             if not isinstance(a, dict) or not all(_is_int(a.get(k)) and a[k] >= 0 for k in ("offset", "nbytes")):
@@ -529,6 +567,10 @@ class Dataset:
 
     def _array_layout(self, name: str, steps: int) -> tuple[np.dtype | None, list | None]:
         """(dtype, shape) the store keeps ``name`` in; (None, None) for actions of an unreadable space."""
+        if name == "state":
+            return ARRAY_DTYPES[name], [steps + 1, len(self.state_names)]
+        if name == "lives":
+            return ARRAY_DTYPES[name], [steps + 1]
         if name in ARRAY_DTYPES:
             return ARRAY_DTYPES[name], [steps]
         try:
@@ -539,7 +581,8 @@ class Dataset:
 
     # ---- reading -------------------------------------------------------------------------------
     def arrays(self, i: int) -> dict[str, np.ndarray]:
-        """The per-step arrays of episode i: action (absent if action-free), reward, terminated, truncated."""
+        """The per-step arrays of episode i: action (absent if action-free), reward, terminated, truncated;
+        and, where recorded, the per-frame state and lives."""
         if i not in self._arrays:
             header, base = self.header(i)
             self._arrays[i] = {

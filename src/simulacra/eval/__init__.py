@@ -2,8 +2,10 @@
 
 Open loop with the true actions (PSNR, SSIM, sharpness per horizon; copy-last-frame baseline),
 controllability (an inverse-dynamics model trained on real pairs, scored on real vs generated pairs;
-PSNR with true minus random actions), drift (long rollouts: sharpness and distance to the data),
-speed (frames/s of world.step). Writes <run>/eval/metrics.json and report.html.
+PSNR with true minus random actions), fidelity (motion ratio, state probes, reward / termination events,
+a clip discriminator: see `fidelity`), drift (1,024-step rollouts: sharpness, distance to the data, probe
+range and the discriminator far out), speed (frames/s of world.step). Writes <run>/eval/metrics.json
+and report.html.
 
 It says what its numbers mean (see `verdict`): a measurement whose reference fails its sanity check (an
 IDM that does not beat chance on real pairs) is marked invalid with the reason and shows no figure;
@@ -51,10 +53,18 @@ class EvalConfig:
     steps leave it at chance on real pairs, and then it measures nothing on generated ones."""
     idm_pairs: int = 512
     """Held-out pairs (group B) the IDM is scored on, real and generated alike."""
-    drift_steps: int = 256
-    """Length of the long rollouts that measure drift."""
-    drift_starts: int = 4
-    """Number of long rollouts (from the start of group-B episodes)."""
+    drift_steps: int = 1024
+    """Length of the long rollouts that measure drift (reported at steps 256 and 1,024)."""
+    drift_starts: int = 16
+    """Number of long rollouts (from the start of group-B episodes, further in for repeats)."""
+    probe_steps: int = 1000
+    """Training steps (batch 64) of the state probe on the true states of group A's real frames."""
+    critic_clips: int = 128
+    """Clips per group (A trains the clip discriminator, B scores it), real and generated alike."""
+    critic_steps: int = 300
+    """Training steps (batch 32) of the clip discriminator, and of its copy-last calibration twin."""
+    event_steps: int = 4096
+    """Held-out steps (at most) at which the reward and termination heads are scored teacher-forced."""
     pool_frames: int = 2000
     """Real frames (group A) that the nearest-real distance searches."""
     speed_steps: int = 32
@@ -93,7 +103,8 @@ def _machine() -> dict:
 
 AT_LEAST_ONE = (
     "episodes", "num_envs", "horizon", "starts", "batch_size", "delta_horizon", "idm_steps", "idm_pairs",
-    "drift_steps", "drift_starts", "pool_frames", "speed_steps", "speed_batch",
+    "drift_steps", "drift_starts", "pool_frames", "speed_steps", "speed_batch", "probe_steps", "critic_clips",
+    "critic_steps", "event_steps",
 )  # fmt: skip
 """The counts of EvalConfig that must be 1 or more (0 would measure nothing, or fail deep inside)."""
 
@@ -125,7 +136,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     import torch
 
     from simulacra.data.safety import check_output_folder
-    from simulacra.eval import heldout, measure, report, verdict
+    from simulacra.eval import fidelity, heldout, measure, report, verdict
     from simulacra.world import World
 
     check_options(cfg)
@@ -163,7 +174,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     ol, arrays = measure.open_loop(world, h, cfg)
     m["open_loop"] = ol
     m["controllability"] = measure.controllability(world, h, cfg, rng, arrays)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    m["motion"] = fidelity.motion(arrays["ctx"][:, -1], arrays["real"], arrays["gen"], arrays["mask"])
+    m["state"], pr = fidelity.state(h, cfg, arrays, dev)
+    m["events"] = fidelity.events(world, h, cfg, rng, arrays)
+    m["clips"], crit, real_clips = fidelity.clips(world, h, cfg, rng, dev)
     m["drift"], drift_arrays = measure.drift(world, h, cfg, rng)
+    m["long_horizon"] = fidelity.long_horizon(world, drift_arrays, pr, crit, real_clips, h)
     m["speed"] = measure.speed_all(world, world_dir, h, cfg)
     m["files"] = measure.media(out, arrays, drift_arrays, cfg, world.config.get("fps", 15))
     m["seconds"] = round(time.time() - t0, 1)

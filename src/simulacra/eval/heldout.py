@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from simulacra.data import Dataset
+from simulacra.data.state import step_events
 from simulacra.errors import SimulacraError
 from simulacra.spaces import ActionSpace
 
@@ -31,6 +32,11 @@ class Heldout:
     """Per segment: the T - 1 actions between its frames."""
     split_a: list[int] = field(default_factory=list)
     split_b: list[int] = field(default_factory=list)
+    states: list[np.ndarray | None] = field(default_factory=list)
+    """Per segment: the env's true state per frame, float32 (T, S), where it was recorded (else None)."""
+    state_names: list[str] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    """Per segment: {event: bool (T - 1,) or None} (simulacra.data.state.step_events)."""
 
     @property
     def num_frames(self) -> int:
@@ -150,15 +156,21 @@ def resolve(world_cfg: dict, cfg, eval_dir: Path) -> tuple[Dataset, list[int], d
 
 def load(ds: Dataset, episodes: list[int], source: dict, seed: int, min_frames: int) -> Heldout:
     """Load the episodes into memory and split them into groups A and B."""
-    h = Heldout(source)
+    h = Heldout(source, state_names=ds.state_names)
     for i in episodes:
+        arrays = ds.arrays(i)
         h.frames.append(np.ascontiguousarray(ds.frames(i)))
-        h.actions.append(np.asarray(ds.arrays(i)["action"]))
+        h.actions.append(np.asarray(arrays["action"]))
+        h.states.append(np.asarray(arrays["state"]) if "state" in arrays else None)
+        h.events.append(step_events(arrays))
     if len(episodes) == 1 and len(h.frames[0]) >= 2 * min_frames:
-        f, a = h.frames.pop(), h.actions.pop()
+        f, a, st, ev = h.frames.pop(), h.actions.pop(), h.states.pop(), h.events.pop()
         m = len(f) // 2
         h.frames += [f[:m], f[m:]]
         h.actions += [a[: m - 1], a[m:]]
+        h.states += [None, None] if st is None else [st[:m], st[m:]]
+        h.events += [{k: None if v is None else v[: m - 1] for k, v in ev.items()},
+                     {k: None if v is None else v[m:] for k, v in ev.items()}]  # fmt: skip
         source["notes"].append("one held-out episode: its first half is group A, its second half group B")
     n = len(h.frames)
     if n == 1:

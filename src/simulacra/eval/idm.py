@@ -17,6 +17,16 @@ import torch.nn.functional as F
 from simulacra.spaces import ActionSpace
 
 
+def features(cin: int, width: int = 32) -> tuple[nn.Sequential, int]:
+    """The eval's small CNN trunk (the IDM, the state probe, the clip discriminator): four stride-2 convs,
+    pooled to 4x4 and flattened; returns (module, output features)."""
+    layers: list[nn.Module] = []
+    for cout in (width, 2 * width, 4 * width, 4 * width):
+        layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten()), cin * 16
+
+
 class IDM(nn.Module):
     """Small CNN on (frame t, frame t+1, their difference) -> action logits or scaled action."""
 
@@ -25,14 +35,8 @@ class IDM(nn.Module):
         if space.kind not in ("discrete", "box"):
             raise ValueError(f"the IDM needs a discrete or box action space, not {space}")
         self.space = space
-        w = width
-        layers: list[nn.Module] = []
-        cin = 9
-        for cout in (w, 2 * w, 4 * w, 4 * w):
-            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
-            cin = cout
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(cin * 16, 128), nn.SiLU(), nn.Linear(128, space.dim))
+        self.features, n = features(9, width)
+        self.head = nn.Sequential(nn.Linear(n, 128), nn.SiLU(), nn.Linear(128, space.dim))
 
     def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) pairs -> (B, n) logits or (B, D) scaled actions."""

@@ -17,6 +17,9 @@ from simulacra.world import World
 
 log = logging.getLogger(__name__)
 
+DRIFT_CHECKPOINTS = (256, 1024)
+"""Steps of the long rollouts at which drift is reported (over the E steps up to each)."""
+
 
 def open_loop(world: World, h: Heldout, cfg) -> tuple[dict, dict]:
     """PSNR / SSIM per horizon for the model and the copy-last-frame baseline; sharpness ratio per horizon."""
@@ -25,7 +28,7 @@ def open_loop(world: World, h: Heldout, cfg) -> tuple[dict, dict]:
     if not starts:
         raise SimulacraError(f"no held-out episode has more than K={K} frames: nothing to roll out from")
     ctx, ctx_a, acts, real, mask = gather(h, starts, K, H)
-    gen = rollout(world, ctx, ctx_a, acts, cfg.batch_size, cfg.rng_seed)
+    gen, gen_reward, gen_done = rollout(world, ctx, ctx_a, acts, cfg.batch_size, cfg.rng_seed, heads=True)
     copy = np.broadcast_to(ctx[:, -1:], real.shape)
     lap_gen, lap_real = M.laplacian_var(gen), M.laplacian_var(real)
     p_model, p_copy = M.psnr(gen, real), M.psnr(copy, real)
@@ -47,7 +50,9 @@ def open_loop(world: World, h: Heldout, cfg) -> tuple[dict, dict]:
     ends = verdict.ended_at(mask)
     out["rollouts_past_end"] = sum(e is not None for e in ends)
     out["real_ended_at"] = ends
-    return out, {"ctx": ctx, "ctx_a": ctx_a, "real": real, "gen": gen, "mask": mask, "p_model": p_model}
+    arrays = {"ctx": ctx, "ctx_a": ctx_a, "real": real, "gen": gen, "mask": mask, "p_model": p_model,
+              "starts": starts, "gen_reward": gen_reward, "gen_done": gen_done}  # fmt: skip
+    return out, arrays
 
 
 def _motionless(starts, ctx, real, mask, p_model, p_copy) -> dict:
@@ -184,6 +189,15 @@ def drift(world: World, h: Heldout, cfg, rng) -> tuple[dict, dict]:
         "distance_real": d_real,
         "distance_ratio": M.ratio(d_end, d_real),
         "distance_start": float(dist[:, :E].mean()),
+        "at": {
+            str(c): {
+                "distance": float(dist[:, c - E : c].mean()),
+                "distance_ratio": M.ratio(float(dist[:, c - E : c].mean()), d_real),
+                "sharpness_ratio": M.ratio(float(lap_gen[:, c - E : c].mean()), lap_pool),
+            }
+            for c in DRIFT_CHECKPOINTS
+            if c <= T
+        },
         "pool_frames": len(pool),
         "sharpness_curve": [M.ratio(float(v), lap_pool) for v in lap_gen.mean(0)],
         "distance_curve": dist.mean(0).tolist(),
@@ -219,12 +233,12 @@ def speed_all(world: World, world_dir: Path, h: Heldout, cfg) -> dict:
 def media(out: Path, arrays: dict, drift_arrays: dict, cfg, fps: int) -> dict:
     """Side-by-side real | generated videos and a filmstrip next to the report."""
     n = min(cfg.videos, len(arrays["gen"]))
-    files: dict = {"videos": [], "images": []}
+    files: dict = {"videos": [], "images": [], "horizons": {}}
     if n:
         sl = slice(0, n)
         pairs = report.side_by_side(arrays["real"][sl], arrays["gen"][sl], arrays["mask"][sl])
         files["videos"].append(report.write_videos(out, "openloop", pairs, fps))
-        report.filmstrip(
+        files["horizons"]["filmstrip.png"] = report.filmstrip(
             out / "filmstrip.png", arrays["real"][sl], arrays["gen"][sl], arrays["mask"][sl], report.SHOW_H
         )
         files["images"].append("filmstrip.png")
@@ -232,6 +246,10 @@ def media(out: Path, arrays: dict, drift_arrays: dict, cfg, fps: int) -> dict:
         d = drift_arrays
         pairs = report.side_by_side(d["real"][:n], d["gen"][:n], d["mask"][:n])
         files["videos"].append(report.write_videos(out, "drift", pairs, fps))
+        files["horizons"]["filmstrip_long.png"] = report.filmstrip(
+            out / "filmstrip_long.png", d["real"][:n], d["gen"][:n], d["mask"][:n], report.LONG_H
+        )
+        files["images"].append("filmstrip_long.png")
     return files
 
 

@@ -16,6 +16,10 @@ from simulacra.eval import verdict
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 SHOW_H = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LONG_H = (1, 4, 16, 64, 256, 1024)
+"""Horizons of the long-rollout filmstrip."""
+FILMSTRIP_SCALE = 4
+"""Filmstrips are enlarged this many times, nearest neighbour: a 64x64 ball is one or two pixels."""
 
 
 def _fmt(v, nd: int = 3) -> str:
@@ -135,8 +139,9 @@ def write_videos(folder: Path, name: str, pairs: list[np.ndarray], fps: int) -> 
     return f"{name}.mp4"
 
 
-def filmstrip(path: Path, real: np.ndarray, gen: np.ndarray, mask: np.ndarray, horizons) -> None:
-    """PNG: per rollout two rows (real, generated) at the given horizons (1-based)."""
+def filmstrip(path: Path, real: np.ndarray, gen: np.ndarray, mask: np.ndarray, horizons) -> list[int]:
+    """PNG, enlarged FILMSTRIP_SCALE times: per rollout two rows (real, generated) at the given horizons
+    (1-based); returns the horizons shown."""
     hs = [h for h in horizons if h <= real.shape[1]]
     rows = []
     for r, g, m in zip(real, gen, mask, strict=True):
@@ -144,7 +149,9 @@ def filmstrip(path: Path, real: np.ndarray, gen: np.ndarray, mask: np.ndarray, h
             rows.append(np.concatenate([np.pad(src[h - 1], ((1, 1), (1, 1), (0, 0))) for h in hs], 1))
         rows.append(np.full((3, *rows[-1].shape[1:]), 255, np.uint8))  # between rollouts
     img = np.concatenate(rows, 0)
-    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+    k = FILMSTRIP_SCALE
+    Image.fromarray(img).resize((img.shape[1] * k, img.shape[0] * k), Image.NEAREST).save(path)
+    return hs
 
 
 class Text(str):
@@ -309,6 +316,7 @@ def write_html(path: Path, m: dict) -> None:
                 ["ΔPSNR (true - random)", ctl["delta_psnr"]],
             ]
         ),
+        *_fidelity_parts(m),
         "<h2>Drift</h2>",
         *_invalid_note(dr),
         f"<p>{e(dr.get('what', dr.get('skipped', '')))}</p>",
@@ -338,9 +346,10 @@ def write_html(path: Path, m: dict) -> None:
     for f in m["files"].get("videos", []):
         parts.append(f"<p>{e(f)}<br><video src='{e(f)}' controls loop autoplay muted></video></p>")
     for f in m["files"].get("images", []):
-        cols = ", ".join(str(h) for h in SHOW_H if h <= len(hs))
+        cols = ", ".join(str(h) for h in m["files"].get("horizons", {}).get(f, SHOW_H))
         parts.append(
-            f"<p>{e(f)}: per rollout a real row, then a generated row; columns: horizons {cols}<br><img src='{e(f)}'></p>"
+            f"<p>{e(f)} ({FILMSTRIP_SCALE}x, nearest neighbour): per rollout a real row, then a generated row; "
+            f"columns: steps {cols}<br><img src='{e(f)}' style='image-rendering:pixelated;max-width:100%'></p>"
         )
     parts.append(
         "<p>Past the end of a real episode the real panel is hatched and captioned 'real ended at N' (step N): "
@@ -350,7 +359,67 @@ def write_html(path: Path, m: dict) -> None:
     path.write_text("\n".join(parts))
 
 
-CURVES = ("what", "distance_curve", "sharpness_curve", "past_end", "real_ended_at", "valid", "invalid_reason")
+CURVES = ("what", "distance_curve", "sharpness_curve", "past_end", "real_ended_at", "valid", "invalid_reason", "at")
+
+
+def _fidelity_parts(m: dict) -> list[str]:
+    """Motion, state probes, events, the clip discriminator and the long horizons (simulacra.eval.fidelity)."""
+    e = html.escape
+    parts = ["<h2>Motion</h2>"]
+    mo = m.get("motion") or {}
+    if mo.get("ratio"):
+        xs = list(range(1, len(mo["ratio"]) + 1))
+        parts += [
+            f"<p>{e(mo['what'])}.</p>",
+            svg_chart("motion: generated / real change", xs, {"model": mo["ratio"]}, "ratio", 1.0),
+        ]
+    st = m.get("state") or {}
+    parts += ["<h2>State probes</h2>", *_invalid_note(st), f"<p>{e(st.get('what', st.get('skipped', '')))}</p>"]
+    if st.get("fidelity"):
+        xs = list(range(1, len(st["fidelity"]) + 1))
+        parts.append(svg_chart("state fidelity (1 = as right as reality; 0 = copy-last)", xs,
+                               {"model": st["fidelity"], "real frames (probe's ceiling)": st["oracle_fidelity"]}, "fidelity", 0.0))  # fmt: skip
+        parts.append(svg_chart("probe error (sd)", xs, {"model": st["error"]["model"], "copy last frame": st["error"]["copy_last"],
+                                                        "real frames": st["error"]["real"]}, "sd"))  # fmt: skip
+    if st.get("r2_validation"):
+        parts.append(
+            f"<p>Kept ({len(st.get('kept', []))} of {st.get('variables')}): {e(', '.join(st.get('kept', [])[:40]))}</p>"
+        )
+        parts.append(
+            _table([[k, v] for k, v in st["r2_validation"].items()], ["variable", "R² on real validation frames"])
+        )
+    ev = m.get("events") or {}
+    parts += ["<h2>Events</h2>", f"<p>{e(ev.get('what', ev.get('skipped', '')))}.</p>"]
+    rows = []
+    for kind, sec in ev.items():
+        if not isinstance(sec, dict):
+            continue
+        if "skipped" in sec:
+            rows.append([kind, Text(sec["skipped"]), None, None, None, None])
+            continue
+        for mode in ("teacher_forced", "open_loop"):
+            s_, b = sec[mode], sec[f"{mode}_base_rate"]
+            rows.append([f"{kind}, {mode.replace('_', ' ')}", s_["real"], s_["predicted"], s_["precision"], s_["recall"],
+                         Text(f"precision {_fmt(b['precision'])}, recall {_fmt(b['recall'])}")])  # fmt: skip
+    if rows:
+        parts.append(_table(rows, ["event", "real", "predicted", "precision", "recall", "base-rate guesser"]))
+    cl = m.get("clips") or {}
+    parts += ["<h2>Clip discriminator</h2>", *_invalid_note(cl), f"<p>{e(cl.get('what', cl.get('skipped', '')))}.</p>"]
+    if "model" in cl:
+        rows = [[name, s_["accuracy"], Text(f"{s_['interval95'][0]:.2f}-{s_['interval95'][1]:.2f}"), s_["real_clips"], s_["generated_clips"]]
+                for name, s_ in (("model (real vs generated)", cl["model"]), ("copy-last (calibration)", cl["copy_last"]))]  # fmt: skip
+        parts.append(_table(rows, ["clips", "accuracy", "95% interval", "real", "other"]))
+    lh, dr = m.get("long_horizon") or {}, m.get("drift") or {}
+    parts.append("<h2>Long horizons</h2>")
+    rows = [[f"step {c}", a.get("distance_ratio"), a.get("sharpness_ratio"), (lh.get("probe_in_range") or {}).get(c),
+             ((lh.get("critic") or {}).get({"256": "500", "1024": "1000"}.get(c, "")) or {}).get("accuracy")]
+            for c, a in (dr.get("at") or {}).items()]  # fmt: skip
+    if rows:
+        parts.append(_table(rows, ["", "nearest-real distance ratio", "sharpness ratio", "probe in real range",
+                                   "discriminator (clips at 500 / 1,000)"]))  # fmt: skip
+        parts.append(f"<p>{e(lh.get('probe_what', ''))}. {e(lh.get('critic_what', ''))}. Probe readings of real frames "
+                     f"in range: {_fmt((lh.get('probe_in_range') or {}).get('real'))}.</p>")  # fmt: skip
+    return parts
 
 
 def _shown(m: dict) -> int:
@@ -402,7 +471,35 @@ def print_summary(m: dict) -> None:
             f"drift {dr['steps']} steps: sharpness ratio at end {_fmt(dr['sharpness_ratio_end'])}; nearest-real RMSE"
             f" generated {_fmt(dr['distance_end'])} vs real {_fmt(dr['distance_real'])} (x{_fmt(dr['distance_ratio'])})"
         )
+    _print_fidelity(m)
     print("speed (frames/s): " + " | ".join(f"{r[0]} b{r[1]} {_fmt(r[2], 4)}" for r in _speed_rows(sp)))
+
+
+def _print_fidelity(m: dict) -> None:
+    mo, st, ev, cl, dr = (m.get(k) or {} for k in ("motion", "state", "events", "clips", "drift"))
+    if mo.get("ratio"):
+        print(
+            "motion ratio (generated / real change) @1,4,16,64: "
+            + " ".join(_fmt(_at(mo["ratio"], h)) for h in (1, 4, 16, 64))
+        )
+    if "fidelity" in st:
+        print(f"state fidelity @1,4,16,64: {' '.join(_fmt(_at(st['fidelity'], h)) for h in (1, 4, 16, 64))} "
+              f"({len(st['kept'])} of {st['variables']} variables read by the probe)")  # fmt: skip
+    elif st:
+        print(f"state probe: {verdict.invalid(st) or st.get('skipped')}")
+    for kind in ("reward", "termination", "life_loss"):
+        sec = ev.get(kind) or {}
+        if "teacher_forced" in sec:
+            tf = sec["teacher_forced"]
+            print(f"{kind} events, teacher-forced: {tf['real']} real, {tf['predicted']} predicted, precision "
+                  f"{_fmt(tf['precision'])} recall {_fmt(tf['recall'])}")  # fmt: skip
+    if "model" in cl:
+        print(f"clip discriminator: {cl['model']['accuracy']:.0%} on model clips, {cl['copy_last']['accuracy']:.0%} on copy-last clips"
+              + ("" if verdict.invalid(cl) is None else " (invalid)"))  # fmt: skip
+    for c, a in (dr.get("at") or {}).items():
+        print(
+            f"drift step {c}: nearest-real distance ratio {_fmt(a['distance_ratio'])}, sharpness {_fmt(a['sharpness_ratio'])}"
+        )
 
 
 def print_verdict(m: dict) -> None:

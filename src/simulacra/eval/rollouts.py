@@ -50,14 +50,19 @@ def gather(h: Heldout, starts, K: int, T: int, actions=None):
     return np.stack(ctx), np.stack(ctx_a), np.stack(fut_a), np.stack(real), np.stack(mask)
 
 
-def rollout(world: World, ctx, ctx_a, actions, batch: int, seed: int) -> np.ndarray:
-    """Batched open-loop rollouts: generated frames (N, T, H, W, 3)."""
-    out = []
+def rollout(world: World, ctx, ctx_a, actions, batch: int, seed: int, heads: bool = False):
+    """Batched open-loop rollouts: generated frames (N, T, H, W, 3); with ``heads`` also the reward-sign
+    (N, T) and termination (N, T) predictions."""
+    out, rew, done = [], [], []
     for c, i in enumerate(range(0, len(ctx), batch)):
         state = world.reset(ctx[i : i + batch], ctx_a[i : i + batch])
-        _, frames, _, _ = world.rollout(state, actions[i : i + batch], world.generator(seed + c))
+        _, frames, r, d = world.rollout(state, actions[i : i + batch], world.generator(seed + c))
         out.append(frames)
-    return np.concatenate(out)
+        rew.append(r)
+        done.append(d)
+    if not heads:
+        return np.concatenate(out)
+    return np.concatenate(out), np.concatenate(rew), np.concatenate(done)
 
 
 def drift_actions(h: Heldout, g: int, s: int, T: int) -> tuple[np.ndarray, int]:

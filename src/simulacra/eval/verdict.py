@@ -30,9 +30,23 @@ BARS = {
     "idm_ratio": "IDM ratio (generated / real) at least 0.8",
     "sharpness16": "sharpness ratio @16 at least 0.8",
     "frames_per_s_batch1": "batch-1 frames/s at least 60 (best backend)",
+    "state_fidelity16": "state fidelity @16 at least 0.5 (probe error at most half of copy-last's)",
+    "motion1to16": "motion ratio within [0.7, 1.3] at every horizon 1..16",
+    "reward_events": "teacher-forced reward-event recall at least 0.7 at precision at least 0.5",
+    "termination_events": "teacher-forced termination recall at least 0.7",
+    "clips16": "clip discriminator accuracy at most 75% on 16-frame clips",
+    "drift1024": "nearest-real distance ratio at step 1,024 at most 2",
 }
 """The bars a world is held to (README), by their metrics.json key under ``verdict``."""
 PSNR_MARGIN_DB, IDM_RATIO_MIN, SHARPNESS_MIN, FPS_MIN, BAR_HORIZON = 1.0, 0.8, 0.8, 60.0, 16
+FIDELITY_MIN, MOTION_BAND, RECALL_MIN, PRECISION_MIN, CLIP_ACC_MAX, DRIFT_RATIO_MAX = (
+    0.5,
+    (0.7, 1.3),
+    0.7,
+    0.5,
+    0.75,
+    2.0,
+)
 
 
 # ---- validity ----------------------------------------------------------------------------------
@@ -161,6 +175,83 @@ def _speed_bar(sp: dict) -> dict:
     return _bar(fps[best] >= FPS_MIN, fps[best], FPS_MIN, note)
 
 
+def _not_measured(section: dict | None, threshold) -> dict | None:
+    """The n/a bar of a measurement that was skipped or declared itself invalid (else None)."""
+    if not isinstance(section, dict) or not section:
+        return _bar(None, None, threshold, "not measured")
+    if "skipped" in section:
+        return _bar(None, None, threshold, f"skipped: {section['skipped']}")
+    why = invalid(section)
+    return None if why is None else _bar(None, None, threshold, f"invalid: {why}")
+
+
+def _state_bar(st: dict | None) -> dict:
+    na = _not_measured(st, FIDELITY_MIN)
+    if na is not None:
+        return na
+    v = _at(st["fidelity"], BAR_HORIZON)
+    if v is None:
+        return _bar(None, None, FIDELITY_MIN, f"no group-B rollout reaches horizon {BAR_HORIZON} inside its episode")
+    e = st["error"]
+    note = (f"probe error @{BAR_HORIZON}: generated {_at(e['model'], BAR_HORIZON):.3g}, copy-last "
+            f"{_at(e['copy_last'], BAR_HORIZON):.3g}, real {_at(e['real'], BAR_HORIZON):.3g} sd, over {len(st['kept'])} "
+            "variables the probe reads")  # fmt: skip
+    return _bar(v >= FIDELITY_MIN, v, FIDELITY_MIN, note)
+
+
+def _motion_bar(mo: dict | None) -> dict:
+    if not mo or not mo.get("ratio"):
+        return _bar(None, None, list(MOTION_BAND), "not measured")
+    vals = [(h, v) for h, v in enumerate(mo["ratio"][:BAR_HORIZON], 1) if v is not None]
+    if not vals:
+        return _bar(None, None, list(MOTION_BAND), "reality does not move at horizons 1..16: nothing to compare")
+    lo, hi = MOTION_BAND
+    worst = max(vals, key=lambda hv: max(lo - hv[1], hv[1] - hi))
+    note = f"min {min(v for _, v in vals):.2f}, max {max(v for _, v in vals):.2f}; farthest out at h={worst[0]}"
+    return _bar(all(lo <= v <= hi for _, v in vals), worst[1], list(MOTION_BAND), note)
+
+
+def _event_bar(ev: dict | None, kind: str) -> dict:
+    need = RECALL_MIN
+    sec = (ev or {}).get(kind)
+    if not ev or "skipped" in ev or not isinstance(sec, dict):
+        return _bar(None, None, need, f"skipped: {(ev or {}).get('skipped', 'not measured')}")
+    if "skipped" in sec:
+        return _bar(None, None, need, f"skipped: {sec['skipped']}")
+    tf = sec["teacher_forced"]
+    if not tf["real"]:
+        return _bar(None, None, need, f"no real {kind} event among the {ev['teacher_forced_steps']} held-out steps")
+    rec, prec = tf["recall"] or 0.0, tf["precision"]
+    base = sec["teacher_forced_base_rate"]
+    note = (f"{tf['real']} real, {tf['predicted']} predicted; precision {_f(prec)} (base rate {_f(base['precision'])}), "
+            f"recall {rec:.2f} (base rate {_f(base['recall'])})")  # fmt: skip
+    ok = rec >= need and (kind != "reward" or (prec is not None and prec >= PRECISION_MIN))
+    return _bar(ok, rec, need, note)
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _clips_bar(cl: dict | None) -> dict:
+    na = _not_measured(cl, CLIP_ACC_MAX)
+    if na is not None:
+        return na
+    s = cl["model"]
+    lo, hi = s["interval95"]
+    note = f"{s['accuracy']:.0%} (95% {lo:.0%}-{hi:.0%}) on {s['real_clips']} + {s['generated_clips']} clips; copy-last {cl['copy_last']['accuracy']:.0%}"
+    return _bar(s["accuracy"] <= CLIP_ACC_MAX, s["accuracy"], CLIP_ACC_MAX, note)
+
+
+def _drift_bar(dr: dict | None) -> dict:
+    at = (dr or {}).get("at", {}).get("1024")
+    if not at or at.get("distance_ratio") is None:
+        steps = (dr or {}).get("steps")
+        return _bar(None, None, DRIFT_RATIO_MAX, f"the long rollouts are {steps} steps, not 1,024 (--drift-steps)")
+    note = f"RMSE to the nearest real frame {at['distance']:.3g} vs {dr['distance_real']:.3g} for real frames"
+    return _bar(at["distance_ratio"] <= DRIFT_RATIO_MAX, at["distance_ratio"], DRIFT_RATIO_MAX, note)
+
+
 def verdicts(m: dict) -> dict:
     """{bar: {pass (True / False / None = cannot be decided), value, threshold, note}} from the metrics."""
     ol = m["open_loop"]
@@ -169,6 +260,12 @@ def verdicts(m: dict) -> dict:
         "idm_ratio": _idm_bar(m.get("controllability", {})),
         "sharpness16": _sharpness_bar(ol),
         "frames_per_s_batch1": _speed_bar(m.get("speed", {})),
+        "state_fidelity16": _state_bar(m.get("state")),
+        "motion1to16": _motion_bar(m.get("motion")),
+        "reward_events": _event_bar(m.get("events"), "reward"),
+        "termination_events": _event_bar(m.get("events"), "termination"),
+        "clips16": _clips_bar(m.get("clips")),
+        "drift1024": _drift_bar(m.get("drift")),
     }
 
 
