@@ -65,6 +65,12 @@ def test_preset_records_learnable_data(tmp_path, preset):
         assert len(actions) == meta.length
         assert all(space.contains(np.asarray(a, dtype=space.dtype)) for a in actions)
         assert np.isfinite(ep["reward"]).all()
+        # the env's true state per frame, for the eval's probes: named, finite, and it changes
+        assert ep["state"].shape == (meta.length + 1, len(ds.state_names)) and ds.state_names
+        assert np.isfinite(ep["state"]).all()
+    states = np.concatenate([ds.arrays(i)["state"] for i in range(len(ds))])
+    assert (states.std(0) > 0).any(), f"no state variable of {preset} changes"
+    assert ds.info["record_choices"]["state"]["variables"] == len(ds.state_names)
     # the explorer does not repeat one action forever
     all_actions = np.concatenate([ds.arrays(i)["action"] for i in range(len(ds))])
     assert len(np.unique(all_actions, axis=0)) >= 2
@@ -128,6 +134,22 @@ DIRECTIONS = {
     "minigrid": ("ArrowLeft", "ArrowRight", lambda e, f: e.unwrapped.agent_dir,
                  lambda start, a, b: a == (start - 1) % 4 and b == (start + 1) % 4),
 }  # fmt: skip
+
+
+def test_paddle_player_returns_the_ball(tmp_path):
+    """The scripted paddle player breaks more bricks than random play, and still loses lives."""
+    kw = dict(max_episode_steps=300)
+    paddle = _record(tmp_path, "breakout", "paddle", policy="paddle", **kw)
+    rand = _record(tmp_path, "breakout", "random", policy="random", **kw)
+
+    def rewards(ds):
+        return sum(int((ds.arrays(i)["reward"] != 0).sum()) for i in range(len(ds)))
+
+    assert rewards(paddle) > rewards(rand) + 3
+    lives = np.concatenate([ds.arrays(i)["lives"] for ds in (paddle,) for i in range(len(ds))])
+    assert lives.min() < lives.max()  # it misses too
+    with pytest.raises(Exception, match="paddle policy plays"):
+        _record(tmp_path, "carracing", "car", policy="paddle", max_episode_steps=5)
 
 
 @pytest.mark.parametrize("preset", WORLDS)

