@@ -89,6 +89,26 @@ def test_change_gate_keeps_cells_it_predicts_unchanged_exact():
     assert (opened - ctx[:, -1]).abs().amax((1, 2, 3)).min() > 0
 
 
+def test_gate_keeps_cells_near_motion_open():
+    """gate_keep_moving: a closed gate still lets the cells around a change in the last context step
+    through (a moving ball may leave its cell), and only those."""
+    dyn = tiny(change_gate=True, gate_keep_moving=1).eval()
+    ctx, actions = torch.zeros(1, 3, 4, 8, 8), torch.zeros(1, 3, dtype=torch.long)
+    ctx[0, -1, 0, 2, 5] = 0.5  # one cell changed between the last two frames
+    last_conv = dyn.out[-1]
+    with torch.no_grad():
+        last_conv.weight[-1].zero_()
+        last_conv.bias[-1] = -10.0  # the gate closes everywhere
+        out, _, _ = dyn.sample(ctx, actions, generator=torch.Generator().manual_seed(0))
+    changed = (out[0] - ctx[0, -1]).abs().amax(0) > 0
+    assert changed[1:4, 4:7].any() and not changed[[0, 4, 5, 6, 7]].any() and not changed[:, [0, 1, 2, 3]].any()
+    assert not changed[:, 7].any()
+    dyn.cfg.gate_keep_moving = 0
+    with torch.no_grad():
+        out0, _, _ = dyn.sample(ctx, actions, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out0, ctx[:, -1])
+
+
 def test_change_gate_is_trained_on_the_cells_that_moved():
     dyn = tiny(change_gate=True)
     z = torch.zeros(2, 4, 4, 4, 4)

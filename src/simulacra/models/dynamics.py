@@ -72,6 +72,10 @@ class DynamicsConfig:
     sample, so a sampled ball keeps its cell open. Set by `train` for the 'pixels' autoencoder."""
     gate_weight: float = 0.1
     """Weight of the gate's loss (binary cross-entropy per cell) against the flow's."""
+    gate_keep_moving: int = 0
+    """Inference, with the change gate: cells within this many cells of one that changed between the last
+    two context frames stay open whatever the gate says, so a moving object (a ball) can leave its cell
+    and enter the next one (0: the gate alone decides)."""
 
     def problems(self, latent_hw: tuple[int, int] | None = None) -> list[Problem]:
         """(field, problem) for every value out of range, and (given the latent grid) more U-Net levels
@@ -107,6 +111,7 @@ class DynamicsConfig:
         for name in ("context_noise_max", "context_noise_infer", "done_weight", "change_weight", "temperature"):
             check(name, at_least(getattr(self, name), 0, "0 or more"))
         check("gate_weight", at_least(self.gate_weight, 0, "0 or more"))
+        check("gate_keep_moving", at_least(self.gate_keep_moving, 0, "0 or more"))
         check("pad_prob", fraction(self.pad_prob))
         check("own_context", fraction(self.own_context))
         if self.prediction not in ("x", "v"):
@@ -330,6 +335,7 @@ class Dynamics(nn.Module):
             drawn, drawn_ctx = self.sample_noise(ctx_BKChw, generator)
             noise, ctx_noise = (drawn if noise is None else noise), (drawn_ctx if ctx_noise is None else ctx_noise)
         base = ctx_BKChw[:, -1]
+        moving = self._moving_cells(ctx_BKChw) if self.cfg.change_gate and self.cfg.gate_keep_moving > 0 else None
         if self.cfg.context_noise_infer > 0:
             ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * ctx_noise
         x, gate = noise, None
@@ -343,12 +349,20 @@ class Dynamics(nn.Module):
             x = x + (ts[i + 1] - ts[i]) * v
         if self.cfg.residual:
             if gate is not None:
-                x = x * (gate > 0).to(x.dtype)  # cells predicted unchanged stay exactly as they were
+                keep = gate > 0 if moving is None else (gate > 0) | moving
+                x = x * keep.to(x.dtype)  # cells predicted unchanged stay exactly as they were
             x = base + x
         if self.cfg.snap_to_pixels:  # normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back
             x = ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
         r_logits, d_logit = self.heads_logits(ctx_BKChw, actions_BK, pad_BK)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
+
+    def _moving_cells(self, ctx_BKChw: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) bool: cells within ``gate_keep_moving`` of one whose value changed by more than half
+        a gray level between the last two context frames."""
+        step = (ctx_BKChw[:, -1] - ctx_BKChw[:, -2]).abs().amax(1, keepdim=True) * self.latent_std * 127.5
+        r = self.cfg.gate_keep_moving
+        return F.max_pool2d((step > 0.5).to(ctx_BKChw.dtype), 2 * r + 1, stride=1, padding=r) > 0
 
 
 def pad_context(ctx_BKChw: torch.Tensor, mask_B: torch.Tensor, keep_B: torch.Tensor):

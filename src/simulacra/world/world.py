@@ -115,7 +115,12 @@ class World:
         return self
 
     def with_options(
-        self, *, temperature: float | None = None, sampling_steps: int | None = None, context_noise: float | None = None
+        self,
+        *,
+        temperature: float | None = None,
+        sampling_steps: int | None = None,
+        context_noise: float | None = None,
+        gate_keep_moving: int | None = None,
     ) -> World:
         """A world sharing these weights with other inference options (this one is left as it is)."""
         over = {
@@ -124,6 +129,7 @@ class World:
                 "temperature": temperature,
                 "sampling_steps": sampling_steps,
                 "context_noise_infer": context_noise,
+                "gate_keep_moving": gate_keep_moving,
             }.items()
             if v is not None
         }
@@ -132,8 +138,11 @@ class World:
                 raise SimulacraError(f"{name} must be a number, 0 or more, not {v!r}")
         if sampling_steps is not None and not (_is_int(sampling_steps) and sampling_steps >= 1):
             raise SimulacraError(f"sampling_steps must be a whole number, 1 or more, not {sampling_steps!r}")
-        over = {k: int(v) if k == "sampling_steps" else float(v) for k, v in over.items()}
-        baked = {"sampling_steps", "context_noise_infer"} & over.keys()
+        if gate_keep_moving is not None and not (_is_int(gate_keep_moving) and gate_keep_moving >= 0):
+            raise SimulacraError(f"gate_keep_moving must be a whole number, 0 or more, not {gate_keep_moving!r}")
+        ints = ("sampling_steps", "gate_keep_moving")
+        over = {k: int(v) if k in ints else float(v) for k, v in over.items()}
+        baked = {"sampling_steps", "context_noise_infer", "gate_keep_moving"} & over.keys()
         if self.backend == "onnx" and any(over[k] != getattr(self.dyn.cfg, k) for k in baked):
             raise SimulacraError(
                 f"the ONNX graph fixes {sorted(baked)}; load the world with backend='torch' to change them"
