@@ -365,15 +365,37 @@ def test_square_pictures_are_the_same_under_every_fit():
 # ---- guidance and logs -------------------------------------------------------------------------------------------
 def test_a_new_env_is_told_what_was_chosen_and_how_many_episodes(tmp_path, capsys, env):
     out = tmp_path / "ds"
+    long = [
+        "--env-kwargs",
+        "base=3000",
+    ]  # episodes of 3000-3006 steps: 2 at the cap fill 20,000 frames, 2 real ones do not
     code, printed, err = run_cli(capsys, "record", "--env-id", f"{MODULE}:Fake-v0", "--max-episode-steps", "10000",
-                                 "--out", out)  # fmt: skip
+                                 *long, "--out", out)  # fmt: skip
     assert code == 0, err
     for word in ("frames    the observation, 16x16", "episodes  at most 10000 steps", "explorer  random",
-                 "sticky", "settings", "count     2 (default for a new env", "20k-50k frames"):  # fmt: skip
+                 "sticky", "settings", "count     2 (default for a new env", "20k-50k frames", "state     "):  # fmt: skip
         assert word in printed, word
-    assert len(Dataset.open(out)) == 2  # 20,000 frames at the cap of 10,000 steps
-    assert "--resume --episodes" in printed  # the summary says how many more would make ~20k frames
     assert _config(printed)["episodes"] == 2
+    # the episodes ended early: it recorded more of them, in order, to about 20,000 frames
+    assert "episodes ended early" in printed and "--resume --episodes 7" in printed
+    ds = Dataset.open(out)
+    assert len(ds) == 7 and ds.num_frames >= 20_000 and ds.info["record_config"]["episodes"] == 7
+    assert "20k-50k frames: the same command" not in printed  # no hint left to give
+    # ... and the data set is the one a single recording of 7 episodes gives
+    code, _, err = run_cli(capsys, "record", "--env-id", f"{MODULE}:Fake-v0", "--max-episode-steps", "10000",
+                           *long, "--episodes", "7", "--out", tmp_path / "seven")  # fmt: skip
+    assert code == 0, err
+    seven = Dataset.open(tmp_path / "seven")
+    by_seed = lambda d: {e.seed: d.frames(i) for i, e in enumerate(d.episodes)}  # noqa: E731
+    a, b = by_seed(ds), by_seed(seven)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_explicit_episode_counts_are_not_topped_up(tmp_path, capsys, env):
+    code, printed, err = run_cli(capsys, "record", "--env-id", f"{MODULE}:Fake-v0", "--episodes", "3",
+                                 "--out", tmp_path / "ds")  # fmt: skip
+    assert code == 0, err
+    assert len(Dataset.open(tmp_path / "ds")) == 3 and "episodes ended early" not in printed
 
 
 @pytest.mark.skipif(importlib.util.find_spec("miniworld") is None, reason="needs the envs extra (miniworld)")

@@ -306,7 +306,11 @@ def _choose(plan: _Plan) -> None:
         "episodes_default": cfg.episodes is None,
         "env_kwargs_given": user,
         "env_kwargs_defaults": {k: v for k, (v, _) in defaults.items() if k not in user},
-        "state": {"reader": p.state, "variables": len(probe.state_names), "lives": probe.has_lives},
+        "state": {
+            "reader": st.auto_reader(p.env_id) if p.state == "auto" else p.state,
+            "variables": len(probe.state_names),
+            "lives": probe.has_lives,
+        },
     }
 
 
@@ -559,7 +563,39 @@ def _record(cfg: RecordConfig, progress: bool, say: Callable[[str], None] | None
                     say("\n".join(describe_choices(plan)))
                 say("record config: " + json.dumps({**plan.record_config(), "resolved_preset": plan.p.to_dict()}, indent=2))  # fmt: skip
             out = _write(plan, progress)
+    more = _top_up(plan, out)
+    if more is not None:
+        if say is not None:
+            say(more[1])
+        plan, out = _record(more[0], progress, None)
     return plan, out
+
+
+TOP_UP_BELOW = 0.9
+"""A default-count recording whose episodes ended early tops itself up when it holds less than this
+fraction of TARGET_FRAMES."""
+
+
+def _top_up(plan: _Plan, out: Path) -> tuple[RecordConfig, str] | None:
+    """--env-id without --episodes: when the episodes ended early (CartPole's random play falls within ~20
+    steps), the options that record more of them, in order (``--resume --episodes N``: episode k is seeded
+    seed+k, so the data set is what one longer recording gives), until about TARGET_FRAMES frames; and the
+    line that says so. None when no more are needed."""
+    cfg = plan.cfg
+    if not plan.generic or cfg.episodes is not None or plan.existing is not None:
+        return None
+    ds = Dataset.open(out)
+    if not len(ds) or ds.num_frames >= TOP_UP_BELOW * TARGET_FRAMES or len(ds) >= MAX_DEFAULT_EPISODES:
+        return None
+    mean = ds.num_frames / len(ds)
+    n = min(MAX_DEFAULT_EPISODES, math.ceil(TARGET_FRAMES / mean))
+    if n <= len(ds):
+        return None
+    note = (
+        f"episodes ended early ({ds.num_frames:,} frames in {len(ds)} episodes, {mean:.0f} frames each): recording "
+        f"episodes {len(ds)}..{n - 1} too, for about {TARGET_FRAMES:,} frames (the same as --resume --episodes {n})"
+    )
+    return replace(cfg, episodes=n, resume=True, overwrite=False), note
 
 
 def record_episodes(cfg: RecordConfig, progress: bool = False) -> Path:
@@ -582,7 +618,7 @@ def record(cfg: RecordConfig) -> Path:
     ds = Dataset.open(out)
     frames = ds.num_frames
     print(f"recorded {len(ds)} episodes to {out}  (next: simulacra data info {out})")
-    if plan.generic and plan.choices.get("episodes_default") and frames < TARGET_FRAMES and len(ds):
+    if plan.generic and plan.choices.get("episodes_default") and frames < TOP_UP_BELOW * TARGET_FRAMES and len(ds):
         mean = ds.num_steps / len(ds)
         more = min(MAX_DEFAULT_EPISODES * 10, math.ceil(TARGET_FRAMES / (mean + 1)))
         print(
@@ -659,11 +695,18 @@ def describe_choices(plan: _Plan) -> list[str]:
     if c["episodes_default"] and plan.existing is None:
         count = (
             f"{plan.episodes} (default for a new env: up to {frames_at_cap:,} frames at the episode cap; a "
-            f"10-minute nano world wants 20k-50k frames; episodes that end early give fewer, and the summary "
-            f"says how many more to add; --episodes N)"
+            f"10-minute nano world wants 20k-50k frames; if the episodes end early, more are recorded after "
+            f"them until about {TARGET_FRAMES:,} frames, at most {MAX_DEFAULT_EPISODES} episodes; --episodes N)"
         )
     else:
         count = f"{plan.episodes} (up to {frames_at_cap:,} frames; --episodes)"
+    st = c.get("state") or {}
+    state = (
+        f"{st['variables']} true state variables per frame from the {st['reader']} reader (for the eval's "
+        "state probes; --state)"
+        if st.get("variables")
+        else "none found (the eval's state probes will be skipped; --state names a reader or module:function)"
+    )
     return [
         f"record {p.env_id}: no preset, so simulacra's generic choices (each can be changed):",
         f"  frames    {where}, {_wxh(native)} -> stored {stored} ({how})",
@@ -672,6 +715,7 @@ def describe_choices(plan: _Plan) -> list[str]:
         f"  explorer  {explorer}",
         f"  settings  {'; '.join(settings) if settings else 'none (--env-kwargs key=value passes settings to gymnasium.make)'}",
         f"  count     {count}",
+        f"  state     {state}",
     ]
 
 
