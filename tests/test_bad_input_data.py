@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from simulacra.data.interop import EXPORTERS
-from simulacra.data.store import INFO, MANIFEST, Dataset
+from simulacra.data.store import INFO, MANIFEST, Dataset, DatasetWriter
 from simulacra.errors import DatasetError
 
 HYPO = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -107,6 +107,8 @@ RECORD_OPTIONS = [
     (["--env-kwargs", '{"unclosed": 1'], "--env-kwargs"),
     (["--env-kwargs", "[1, 2]"], "--env-kwargs"),
     (["--resume", "--overwrite"], "--resume"),
+    (["--state", "bogus"], "--state"),
+    (["--state", "no_such_module_xyz:read"], "--state"),
 ]
 
 
@@ -410,6 +412,9 @@ DAMAGE = {
     "info-fps-str": (lambda r: _edit_info(r, fps="fast"), ["info.json", "fps"]),
     "info-a-list": (lambda r: (r / INFO).write_text("[]"), ["info.json", "list"]),
     "info-not-json": (lambda r: (r / INFO).write_text("{"), ["info.json", "corrupt"]),
+    "info-state-names-str": (lambda r: _edit_info(r, state_names="x"), ["info.json", "state_names"]),
+    "info-state-names-dup": (lambda r: _edit_info(r, state_names=["x", "x"]), ["info.json", "state_names"]),
+    "info-state-names-num": (lambda r: _edit_info(r, state_names=[1]), ["info.json", "state_names"]),
     "info-is-a-folder": (lambda r: ((r / INFO).unlink(), (r / INFO).mkdir()), ["info.json"]),
     "info-fewer-actions": (
         lambda r: _edit_info(r, action_space={"type": "discrete", "n": 1, "start": 0}),
@@ -424,6 +429,27 @@ DAMAGE = {
     "leftover-tmp-in-root": (_tmp_in_root, [".tmp-info.json"]),
     "leftover-torn-line": (_torn_manifest, ["episodes.jsonl", "cut short"]),
 }
+
+
+def test_a_state_array_that_does_not_fit_its_names_is_refused(tmp_path, capsys):
+    """state (per frame, one column per name in info.json): a shard whose state has other columns, or a
+    writer handed a state of the wrong shape, is one line naming the file or the shape."""
+    root = tmp_path / "st"
+    w = DatasetWriter(root, {"frame_shape": [8, 8, 3], "action_space": {"type": "discrete", "n": 2, "start": 0},
+                             "state_names": ["x", "y"]})  # fmt: skip
+    f = np.zeros((4, 8, 8, 3), np.uint8)
+    args = (f, np.zeros(3, np.int64), np.zeros(3), np.zeros(3, bool), np.zeros(3, bool))
+    w.add_episode(*args, state=np.ones((4, 2)), lives=np.array([3, 3, 2, 2]))
+    with pytest.raises(DatasetError, match="state is"):
+        w.add_episode(*args, state=np.ones((3, 2)))
+    with pytest.raises(DatasetError, match="state is"):
+        w.add_episode(*args, state=np.full((4, 2), np.nan))
+    with pytest.raises(DatasetError, match="lives"):
+        w.add_episode(*args, lives=np.ones(3))
+    assert Dataset.open(root).arrays(0)["state"].shape == (4, 2)
+    _edit_info(root, state_names=["x"])
+    code, _, err = run_cli(capsys, "data", "verify", root)
+    assert_one_line_error(code, err, "episode_000000.sep", "'state'")
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))

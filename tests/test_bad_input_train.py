@@ -361,6 +361,10 @@ def test_a_corrupt_config_json_stops_a_resume(root, tmp_path, intact):
 BAD_EVAL = [
     ("--idm-pairs", "0"),
     ("--idm-steps", "0"),
+    ("--probe-steps", "0"),
+    ("--critic-clips", "0"),
+    ("--critic-steps", "0"),
+    ("--event-steps", "0"),
     ("--delta-horizon", "0"),
     ("--horizon", "0"),
     ("--episodes", "0"),

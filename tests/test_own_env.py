@@ -418,3 +418,5 @@ def test_miniworld_records_with_default_flags_headless_and_quiet(tmp_path):
     assert len(ds) == 1 and frames.shape == (21, 64, 64, 3)
     assert (frames[:, :8] == 0).all() and (frames[:, 56:] == 0).all()  # 80x60 letterboxed
     assert frames[:, 8:56].std() > 3
+    assert ds.state_names == ["agent_x", "agent_z", "agent_dir"]  # the agent's pose, for the eval's probes
+    assert ds.arrays(0)["state"].shape == (21, 3)

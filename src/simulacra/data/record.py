@@ -144,6 +144,7 @@ def check_options(cfg: RecordConfig) -> None:
     if cfg.resume and cfg.overwrite:
         raise SimulacraError("--resume continues the data set at --out and --overwrite replaces it: choose one")
     parse_env_kwargs(cfg.env_kwargs)  # one line for a malformed --env-kwargs
+    st.check_spec(cfg.state)
 
 
 def _check_seed_range(seed: int, episodes: int | None) -> None:

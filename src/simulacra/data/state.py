@@ -128,6 +128,20 @@ def auto_reader(env_id: str) -> str | None:
     return "state_attribute"
 
 
+def check_spec(spec: str | None) -> None:
+    """One line for a --state that names no reader (imports a module:function to see that it exists)."""
+    if spec is None or spec in ("auto", "none") or spec in READERS:
+        return
+    if ":" not in spec:
+        raise SimulacraError(
+            f"--state {spec!r} is unknown: choose auto, none, one of {', '.join(sorted(READERS))} or module:function"
+        )
+    try:
+        resolve_reader(spec, "")
+    except SimulacraError as e:
+        raise SimulacraError(f"--state: {e}") from None
+
+
 def resolve_reader(spec: str, env_id: str) -> Reader | None:
     """``spec`` ('auto', 'none', a reader name or 'module:function') -> the reader, or None for 'none'."""
     if spec == "none":
