@@ -114,7 +114,7 @@ class RecordConfig:
     sticky: float | None = None
     """For the random policy: probability of repeating the previous action (default: the preset's)."""
     state: str | None = None
-    """The env's true state per frame (for the eval's state probes): auto, none, a reader name (ale_ram, car_racing, vizdoom, push_t, minigrid, miniworld, crafter, state_attribute) or module:function (default: the preset's, auto)."""
+    """The env's true state per frame (for the eval's state probes): auto, none, a reader name (ale_ram, car_racing, vizdoom, push_t, minigrid, miniworld, crafter, state_attribute, observation, generic) or module:function (default: the preset's, auto)."""
     env_timeout: float = 30.0
     """Seconds an env may take for one reset or step before recording stops with an error (start-up: twice that)."""
 

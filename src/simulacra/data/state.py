@@ -3,7 +3,8 @@
 A *state reader* maps ``(env, obs, info)`` (the raw observation and info of a reset or step, before the
 frame is made) to a flat ``{name: float}``; the recorder stores the values as the optional per-frame
 array ``state`` of the data set and their names in ``info.json`` (``state_names``). A preset names its
-reader (``WorldPreset.state``); ``auto`` picks one by env family, and ``module:function`` names your own.
+reader (``WorldPreset.state``); ``auto`` picks one by env family (else the env's numeric ``state``, else a
+vector observation), and ``module:function`` names your own.
 ``none`` records no state. The number of lives (ALE's ``info["lives"]``) is stored beside it as ``lives``,
 from which the eval counts life losses.
 
@@ -96,12 +97,29 @@ def crafter(env, obs, info) -> dict[str, float]:
 
 def state_attribute(env, obs, info) -> dict[str, float]:
     """A numeric ``state`` vector on the unwrapped env (Gymnasium's classic control: CartPole, Pendulum, ...)."""
-    s = np.asarray(getattr(env.unwrapped, "state", None), dtype=object)
+    s = getattr(env.unwrapped, "state", None)
+    if s is None or isinstance(s, str | bytes | dict):
+        return {}
     try:
         v = np.asarray(s, np.float64).ravel()
     except (TypeError, ValueError):
         return {}
-    return {f"state_{i}": float(x) for i, x in enumerate(v)} if 0 < len(v) <= 256 else {}
+    return {f"state_{i}": float(x) for i, x in enumerate(v)} if 0 < len(v) <= 256 and np.isfinite(v).all() else {}
+
+
+def observation(env, obs, info) -> dict[str, float]:
+    """The observation itself when it is a short numeric vector or a number (LunarLander, BipedalWalker,
+    FrozenLake's cell): then the frames come from render() and the observation is the state."""
+    try:
+        v = np.asarray(obs, np.float64)
+    except (TypeError, ValueError):
+        return {}
+    return {f"obs_{i}": float(x) for i, x in enumerate(v.ravel())} if v.ndim <= 1 and 0 < v.size <= 256 else {}
+
+
+def generic(env, obs, info) -> dict[str, float]:
+    """An env simulacra knows nothing about: its numeric ``state``, else its observation if that is a vector."""
+    return state_attribute(env, obs, info) or observation(env, obs, info)
 
 
 READERS: dict[str, Reader] = {
@@ -113,19 +131,21 @@ READERS: dict[str, Reader] = {
     "miniworld": miniworld,
     "crafter": crafter,
     "state_attribute": state_attribute,
+    "observation": observation,
+    "generic": generic,
 }
 
 
-def auto_reader(env_id: str) -> str | None:
-    """The reader an env family gets by default (None: nothing known; the recorder then tries
-    ``state_attribute``, which records nothing where the env has no numeric ``state``)."""
+def auto_reader(env_id: str) -> str:
+    """The reader an env family gets by default; ``generic`` for the others (which records nothing where
+    the env has neither a numeric ``state`` nor a vector observation)."""
     e = env_id.lower()
     for prefix, name in (("ale/", "ale_ram"), ("carracing", "car_racing"), ("vizdoom", "vizdoom"),
                          ("gym_pusht/", "push_t"), ("minigrid-", "minigrid"), ("miniworld-", "miniworld"),
                          ("crafter", "crafter")):  # fmt: skip
         if e.startswith(prefix) or e.split("/")[-1].startswith(prefix):
             return name
-    return "state_attribute"
+    return "generic"
 
 
 def check_spec(spec: str | None) -> None:
@@ -147,8 +167,7 @@ def resolve_reader(spec: str, env_id: str) -> Reader | None:
     if spec == "none":
         return None
     if spec == "auto":
-        spec = auto_reader(env_id) or "none"
-        return READERS.get(spec)
+        return READERS[auto_reader(env_id)]
     if spec in READERS:
         return READERS[spec]
     if ":" in spec:
