@@ -133,7 +133,8 @@ def _psnr_bar(ol: dict) -> dict:
     if moving is not None and stills and not moving.get("rollouts"):
         return _bar(None, None, None, f"invalid: every held-out start is motionless ({stills}): copy-last is exact")
     if model is None or copy is None:
-        return _bar(None, None, None, f"no rollout reaches horizon {h} inside its episode")
+        which = f"of the {src.get('rollouts')} moving starts ({stills} motionless left out)" if src is moving else ""
+        return _bar(None, None, None, f"no rollout {which} reaches horizon {h} inside its episode".replace("  ", " "))
     over = f" over {src.get('rollouts', ol['rollouts'])} moving starts ({stills} motionless left out)" if stills else ""
     note = f"model {model:.2f} dB vs copy-last {copy:.2f} dB {at}{over}"
     return _bar(model >= copy + PSNR_MARGIN_DB, model, copy + PSNR_MARGIN_DB, note)
