@@ -49,7 +49,9 @@ def summarise(m: dict) -> dict:
     return {
         "psnr16_model": ol["psnr"]["model"][h],
         "psnr16_copy_last": ol["psnr"]["copy_last"][h],
-        "psnr16_margin_db": ol["psnr"]["model"][h] - ol["psnr"]["copy_last"][h],
+        "psnr16_margin_db": None
+        if None in (ol["psnr"]["model"][h], ol["psnr"]["copy_last"][h])
+        else ol["psnr"]["model"][h] - ol["psnr"]["copy_last"][h],
         "ssim16_model": ol["ssim"]["model"][h],
         "ssim16_copy_last": ol["ssim"]["copy_last"][h],
         "sharpness16": ol["sharpness_ratio"][h],
@@ -59,8 +61,8 @@ def summarise(m: dict) -> dict:
         "idm_chance": ctrl.get("chance", {}).get(key),
         "idm_ratio": ctrl.get("ratio"),
         "delta_psnr_true_vs_random": ctrl.get("delta_psnr"),
-        "drift_sharpness_end": drift["sharpness_ratio_end"],
-        "drift_distance_ratio": drift["distance_ratio"],
+        "drift_sharpness_end": drift.get("sharpness_ratio_end"),
+        "drift_distance_ratio": drift.get("distance_ratio"),
         "fps_b1": max(v for k, v in speed.items() if k.endswith("batch_1")),
         "fps": speed,
         **({"speed_errors": errors} if errors else {}),
@@ -131,9 +133,16 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/world_quality.json")
     ap.add_argument("--table", action="store_true", help="only print --out's results as a Markdown table")
     ap.add_argument("--reeval", action="store_true", help="evaluate again the worlds that already have an eval")
+    ap.add_argument("--from-runs", nargs="*", default=None, metavar="RUN",
+                    help="only tabulate these already evaluated runs (RUN/eval/metrics.json), recording and training nothing")  # fmt: skip
     args = ap.parse_args()
     if args.table:
         print(markdown(json.loads(Path(args.out).read_text())["rows"]))
+        return
+    if args.from_runs is not None:
+        rows = [row_of(Path(r).name, Path(r)) for r in args.from_runs]
+        print(markdown(rows))
+        write(args, rows)
         return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -163,21 +172,31 @@ def main() -> None:
             )
         if args.reeval or not (run / "eval" / "metrics.json").exists():
             sim("eval", "--run", str(run), log=log)
-        m = json.loads((run / "eval" / "metrics.json").read_text())
-        config = json.loads((run / "config.json").read_text())
-        # worlds trained before train recorded its own time: config.json written at the start, world.json at the end
-        train_s = config.get("train_seconds", world.stat().st_mtime - (run / "config.json").stat().st_mtime)
-        row = {"preset": preset, "train_minutes": round(train_s / 60, 2), "dyn_steps": config["dyn_loop"]["steps"]}
-        row.update(summarise(m))
+        row = row_of(preset, run)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "fps"}), flush=True)
     print(
         f"\n{args.size} worlds, {os.cpu_count()}-core CPU, {time.strftime('%Y-%m-%d')}; eval on fresh episodes (seeds 100000+)"
     )
     print(markdown(rows))
-    best = max(rows, key=lambda r: r["psnr16_margin_db"])
+    write(args, rows)
+
+
+def row_of(name: str, run: Path) -> dict:
+    """One table row from a trained and evaluated run folder."""
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    world = run / "world" / "world.json"
+    # worlds trained before train recorded its own time: config.json written at the start, world.json at the end
+    train_s = config.get("train_seconds", world.stat().st_mtime - (run / "config.json").stat().st_mtime)
+    row = {"preset": name, "train_minutes": round(train_s / 60, 2), "dyn_steps": config["dyn_loop"]["steps"]}
+    return row | summarise(m)
+
+
+def write(args, rows: list[dict]) -> None:
+    best = max(rows, key=lambda r: r["psnr16_margin_db"] if r["psnr16_margin_db"] is not None else -1e9)
     passes = {r["preset"]: r["verdict"] for r in rows}  # the eval's verdict: True / False / None (n/a)
-    print(f"\nbest world in the budget: {best['preset']} (16-step margin {best['psnr16_margin_db']:+.2f} dB)")
+    print(f"\nbest PSNR margin: {best['preset']}")
     result = {
         "benchmark": "world_quality",
         "date": time.strftime("%Y-%m-%d %H:%M"),
