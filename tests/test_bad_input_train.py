@@ -28,6 +28,7 @@ from simulacra import layout
 from simulacra.cli import main
 from simulacra.data import Dataset
 from simulacra.errors import DatasetError, SimulacraError
+from simulacra.models.dynamics import INFERENCE_ONLY
 from simulacra.world import Starts, World, WorldEnv, WorldVectorEnv
 
 SIM = [sys.executable, "-m", "simulacra.cli"]
@@ -433,8 +434,9 @@ def bad_world_json(draw, base: dict):
     types = {k: str(f.type) for k, f in cls.__dataclass_fields__.items()}
     numeric = sorted(k for k, t in types.items() if t in ("int", "float"))
     kind = draw(st.sampled_from(["missing", "unknown", "type", "negative", "nonfinite", "huge", "top", "not_object"]))
-    if kind == "missing":
-        del doc[section][draw(st.sampled_from(sorted(types)))]
+    if kind == "missing":  # (an inference-only option added later may be missing: it has its default)
+        optional = INFERENCE_ONLY.get(section, ())
+        del doc[section][draw(st.sampled_from(sorted(k for k in types if k not in optional)))]
     elif kind == "unknown":
         name = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(lambda s: s not in types))
         doc[section][name] = draw(st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none()))
@@ -492,6 +494,20 @@ def test_bad_world_json_is_one_line(world_copy, via):
     finally:
         (w / "world.json").write_text(json.dumps(base))
     World.load(w)  # the unbroken world still loads: the refusals are about the breakage
+
+
+def test_a_world_saved_before_an_inference_option_existed_loads_with_it_off(world_copy):
+    w, base = world_copy
+    old = copy.deepcopy(base)
+    for key, names in INFERENCE_ONLY.items():
+        for name in names:
+            del old[key][name]
+    try:
+        (w / "world.json").write_text(json.dumps(old))
+        world = World.load(w)
+        assert world.dyn.cfg.gate_keep_moving == 0
+    finally:
+        (w / "world.json").write_text(json.dumps(base))
 
 
 def _broken_weights(w: Path, how: str) -> str:
@@ -659,3 +675,17 @@ def test_debug_flag_and_env_show_the_traceback_in_a_real_process(root, tmp_path)
     for p in (flagged, env):
         assert p.returncode == 1 and "Traceback" in p.stderr and "--dyn-steps must be" in p.stderr, p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_from_before_an_inference_option_existed_resumes(root):
+    from simulacra.train import resume_differences
+
+    new = json.loads((root / "run/config.json").read_text())
+    old = copy.deepcopy(new)
+    for key, names in INFERENCE_ONLY.items():
+        for name in names:
+            del old[key][name]
+    assert resume_differences(old, new) == []
+    changed = copy.deepcopy(new)
+    changed["dynamics"]["gate_keep_moving"] = 2  # set, and different: that is a change
+    assert any("gate_keep_moving" in d for d in resume_differences(changed, new))

@@ -109,6 +109,21 @@ AT_LEAST_ONE = (
 """The counts of EvalConfig that must be 1 or more (0 would measure nothing, or fail deep inside)."""
 
 
+class _Stages:
+    """The verb's progress: one line per measurement as it starts (an eval takes minutes on a CPU)."""
+
+    NAMES = ("open loop", "controllability", "state probes", "events", "clip discriminator", "drift", "speed", "report")
+
+    def __init__(self, t0: float):
+        self.t0, self.n = t0, 0
+
+    def __call__(self, name: str, what: str) -> None:
+        self.n += 1
+        print(
+            f"simulacra eval: [{self.n}/{len(self.NAMES)}] {name} ({what}) at {time.time() - self.t0:.0f} s", flush=True
+        )
+
+
 def check_options(cfg: EvalConfig) -> None:
     """One-line errors for every number out of range, before anything is loaded or written."""
 
@@ -171,17 +186,28 @@ def evaluate(cfg: EvalConfig) -> dict:
         "heldout": {**source, "frames": h.num_frames},
         "files": {},
     }
+    stage = _Stages(t0)
+    stage("open loop", f"{cfg.horizon} steps from each start, true actions")
     ol, arrays = measure.open_loop(world, h, cfg)
     m["open_loop"] = ol
+    stage("controllability", f"inverse-dynamics model, {cfg.idm_steps} training steps")
     m["controllability"] = measure.controllability(world, h, cfg, rng, arrays)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     m["motion"] = fidelity.motion(arrays["ctx"][:, -1], arrays["real"], arrays["gen"], arrays["mask"])
+    stage("state probes", f"{cfg.probe_steps} training steps")
     m["state"], pr = fidelity.state(h, cfg, arrays, dev)
+    stage("events", f"reward and termination heads at up to {cfg.event_steps} steps")
     m["events"] = fidelity.events(world, h, cfg, rng, arrays)
+    stage("clip discriminator", f"{cfg.critic_clips} clips per group, {cfg.critic_steps} training steps")
     m["clips"], crit, real_clips = fidelity.clips(world, h, cfg, rng, dev)
+    stage("drift", f"{cfg.drift_starts} rollouts of {cfg.drift_steps} steps")
     m["drift"], drift_arrays = measure.drift(world, h, cfg, rng)
     m["long_horizon"] = fidelity.long_horizon(world, drift_arrays, pr, crit, real_clips, h)
+    stage(
+        "speed", "world.step at batch 1 and " + str(cfg.speed_batch) + (", eager and ONNX" if cfg.onnx else ", eager")
+    )
     m["speed"] = measure.speed_all(world, world_dir, h, cfg)
+    stage("report", "videos, filmstrips, metrics.json, report.html")
     m["files"] = measure.media(out, arrays, drift_arrays, cfg, world.config.get("fps", 15))
     m["seconds"] = round(time.time() - t0, 1)
     m = measure.finite(m)

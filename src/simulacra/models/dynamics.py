@@ -121,6 +121,11 @@ class DynamicsConfig:
         return out
 
 
+INFERENCE_ONLY = {"dynamics": ("gate_keep_moving",)}
+"""Inference options added after worlds were first saved: a world.json (or a run's config.json) without
+them gets their default; they change no weight, so an older world is the same world with the option off."""
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
