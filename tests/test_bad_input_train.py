@@ -28,7 +28,7 @@ from simulacra import layout
 from simulacra.cli import main
 from simulacra.data import Dataset
 from simulacra.errors import DatasetError, SimulacraError
-from simulacra.models.dynamics import INFERENCE_ONLY
+from simulacra.models.dynamics import LEGACY
 from simulacra.world import Starts, World, WorldEnv, WorldVectorEnv
 
 SIM = [sys.executable, "-m", "simulacra.cli"]
@@ -435,7 +435,7 @@ def bad_world_json(draw, base: dict):
     numeric = sorted(k for k, t in types.items() if t in ("int", "float"))
     kind = draw(st.sampled_from(["missing", "unknown", "type", "negative", "nonfinite", "huge", "top", "not_object"]))
     if kind == "missing":  # (an inference-only option added later may be missing: it has its default)
-        optional = INFERENCE_ONLY.get(section, ())
+        optional = LEGACY.get(section, {})
         del doc[section][draw(st.sampled_from(sorted(k for k in types if k not in optional)))]
     elif kind == "unknown":
         name = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(lambda s: s not in types))
@@ -496,16 +496,16 @@ def test_bad_world_json_is_one_line(world_copy, via):
     World.load(w)  # the unbroken world still loads: the refusals are about the breakage
 
 
-def test_a_world_saved_before_an_inference_option_existed_loads_with_it_off(world_copy):
+def test_a_world_saved_before_an_option_existed_loads_as_it_was(world_copy):
     w, base = world_copy
     old = copy.deepcopy(base)
-    for key, names in INFERENCE_ONLY.items():
+    for key, names in LEGACY.items():
         for name in names:
             del old[key][name]
     try:
         (w / "world.json").write_text(json.dumps(old))
         world = World.load(w)
-        assert world.dyn.cfg.gate_keep_moving == 0
+        assert world.dyn.cfg.gate_keep_moving == 0 and world.dyn.cfg.heads_on_next is False
     finally:
         (w / "world.json").write_text(json.dumps(base))
 
@@ -677,15 +677,18 @@ def test_debug_flag_and_env_show_the_traceback_in_a_real_process(root, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_from_before_an_inference_option_existed_resumes(root):
+def test_a_run_from_before_an_option_existed_resumes_only_as_it_was(root):
     from simulacra.train import resume_differences
 
     new = json.loads((root / "run/config.json").read_text())
     old = copy.deepcopy(new)
-    for key, names in INFERENCE_ONLY.items():
-        for name in names:
+    for key, values in LEGACY.items():
+        for name, value in values.items():
             del old[key][name]
-    assert resume_differences(old, new) == []
+            new[key][name] = value
+    assert resume_differences(old, new) == []  # the legacy values are what it was trained with
+    new["dynamics"]["heads_on_next"] = True  # the new default is a change for that run
+    assert any("heads_on_next" in d for d in resume_differences(old, new))
     changed = copy.deepcopy(new)
     changed["dynamics"]["gate_keep_moving"] = 2  # set, and different: that is a change
     assert any("gate_keep_moving" in d for d in resume_differences(changed, new))

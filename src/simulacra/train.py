@@ -43,7 +43,7 @@ from simulacra.loop import (
 )
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig
 from simulacra.models.common import count_parameters
-from simulacra.models.dynamics import INFERENCE_ONLY, Dynamics, DynamicsConfig
+from simulacra.models.dynamics import LEGACY, Dynamics, DynamicsConfig
 
 if TYPE_CHECKING:
     from simulacra.data import Dataset
@@ -452,9 +452,8 @@ def resume_differences(old: dict, new: dict) -> list[str]:
         for k in now:
             if k == "snap_to_pixels":  # follows --autoencoder, which is compared itself
                 continue
-            if k in INFERENCE_ONLY.get(model, ()) and k not in was:  # a run from before the option existed
-                continue
-            differ(RESUME_OPTION_OF.get((model, k), f"{model}.{k}"), was.get(k), now[k])
+            legacy = LEGACY.get(model, {})  # a run from before the option existed had its legacy value
+            differ(RESUME_OPTION_OF.get((model, k), f"{model}.{k}"), was.get(k, legacy.get(k)), now[k])
     differ("--batch-size", (old.get("ae_loop") or {}).get("batch_size"), new["ae_loop"]["batch_size"])
     differ("--batch-size", (old.get("dyn_loop") or {}).get("batch_size"), new["dyn_loop"]["batch_size"])
     differ("--dyn-lr", (old.get("dyn_loop") or {}).get("lr"), new["dyn_loop"]["lr"])

@@ -58,7 +58,10 @@ class EvalConfig:
     drift_starts: int = 16
     """Number of long rollouts (from the start of group-B episodes, further in for repeats)."""
     probe_steps: int = 1000
-    """Training steps (batch 64) of the state probe on the true states of group A's real frames."""
+    """Training steps (batch 64) of the state probe on real frames and their true states."""
+    probe_frames: int = 30000
+    """Real frames the state probe trains on, from the world's training data set where it has the state
+    (else held-out group A's)."""
     critic_clips: int = 128
     """Clips per group (A trains the clip discriminator, B scores it), real and generated alike."""
     critic_steps: int = 300
@@ -103,7 +106,7 @@ def _machine() -> dict:
 
 AT_LEAST_ONE = (
     "episodes", "num_envs", "horizon", "starts", "batch_size", "delta_horizon", "idm_steps", "idm_pairs",
-    "drift_steps", "drift_starts", "pool_frames", "speed_steps", "speed_batch", "probe_steps", "critic_clips",
+    "drift_steps", "drift_starts", "pool_frames", "speed_steps", "speed_batch", "probe_steps", "probe_frames", "critic_clips",
     "critic_steps", "event_steps",
 )  # fmt: skip
 """The counts of EvalConfig that must be 1 or more (0 would measure nothing, or fail deep inside)."""
@@ -195,7 +198,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     m["motion"] = fidelity.motion(arrays["ctx"][:, -1], arrays["real"], arrays["gen"], arrays["mask"])
     stage("state probes", f"{cfg.probe_steps} training steps")
-    m["state"], pr = fidelity.state(h, cfg, arrays, dev)
+    m["state"], pr = fidelity.state(h, cfg, arrays, dev, world_cfg=world.config)
     stage("events", f"reward and termination heads at up to {cfg.event_steps} steps")
     m["events"] = fidelity.events(world, h, cfg, rng, arrays)
     stage("clip discriminator", f"{cfg.critic_clips} clips per group, {cfg.critic_steps} training steps")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulacra.data import Dataset
 from simulacra.data.state import EVENTS
 from simulacra.eval import critic, probe, verdict
 from simulacra.eval import metrics as M
@@ -147,27 +148,62 @@ def _pad_false(x: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---- state probes ---------------------------------------------------------------------------------
+def probe_data(h: Heldout, world_cfg: dict | None, max_frames: int) -> tuple[list, list, str]:
+    """Real frames and true states for the probe: the world's training episodes (up to ``max_frames``)
+    where its data set carries the same state variables, else group A of the held-out episodes."""
+    try:
+        ds = Dataset.open((world_cfg or {})["data"])
+        eps = list((world_cfg or {}).get("train_episodes") or [])
+        if ds.state_names != h.state_names or not eps:
+            raise ValueError("no matching state")
+        frames, states, n = [], [], 0
+        for i in eps:
+            a = ds.arrays(i)
+            if "state" not in a:
+                continue
+            frames.append(ds.frames(i))
+            states.append(np.asarray(a["state"]))
+            n += len(frames[-1])
+            if n >= max_frames:
+                break
+        if len(frames) >= probe.VAL_EVERY:
+            return frames, states, f"{n} frames of {len(frames)} training episodes of the world ({world_cfg['data']})"
+    except Exception:  # noqa: BLE001 - the training data may be gone or older than state: group A will do
+        pass
+    A = h.split_a
+    n = sum(len(h.frames[g]) for g in A)
+    return [h.frames[g] for g in A], [h.states[g] for g in A], f"{n} frames of held-out group A"
+
+
 def state(
-    h: Heldout, cfg, arrays: dict, device: str = "cpu", trained: probe.Probe | None = None
+    h: Heldout,
+    cfg,
+    arrays: dict,
+    device: str = "cpu",
+    trained: probe.Probe | None = None,
+    world_cfg: dict | None = None,
 ) -> tuple[dict, probe.Probe | None]:
-    """Train the probe on group A's real frames (or take ``trained``, one fit on them before); per horizon,
-    its error on group B's generated, real and copy-last frames against the true state, and state fidelity
-    = 1 - error(generated) / error(copy-last)."""
+    """Train the probe on real frames the test never uses (see `probe_data`; or take ``trained``); per
+    horizon, its error on group B's generated, real and copy-last frames against the true state, and state
+    fidelity = 1 - error(generated) / error(copy-last)."""
     if not h.state_names or any(s is None for s in h.states):
         return {"skipped": "the held-out episodes carry no true state (an env without a state reader, or data "
                 "recorded before state was; `simulacra record --state` names a reader)"}, None  # fmt: skip
-    A = h.split_a
-    pr = trained or probe.fit([h.frames[g] for g in A], [h.states[g] for g in A], h.state_names, cfg.probe_steps,
-                              seed=cfg.rng_seed, device=device)  # fmt: skip
+    source = "given"
+    if trained is None:
+        frames, states, source = probe_data(h, world_cfg, getattr(cfg, "probe_frames", 30_000))
+    pr = trained or probe.fit(frames, states, h.state_names, cfg.probe_steps, seed=cfg.rng_seed, device=device)
     if pr is None:
         return {"skipped": "too few real frames in group A, or no state variable that changes, to train a probe"}, None
     order = np.argsort(-pr.r2_val)
     out: dict = {
-        "what": f"a CNN probe trained {cfg.probe_steps} steps on the real frames of group A (first "
-        f"{probe.PROBE_TRAIN_FRACTION:.0%} of each episode; the rest validates) to read the env's "
+        "what": f"a CNN probe trained {cfg.probe_steps} steps on real frames ({source}; whole episodes, or the "
+        f"last {1 - probe.PROBE_TRAIN_FRACTION:.0%} of each, validate) to read the env's "
         f"{len(pr.names)} true state variables; kept: those it reads with R^2 >= {probe.KEEP_R2} on the "
         "validation frames. Error = mean |reading - true state| over the kept variables, in standard "
-        "deviations; fidelity = 1 - error(generated) / error(copy-last), on group B's open-loop rollouts",
+        "deviations; fidelity = 1 - error(generated) / error(copy-last), on group B's open-loop rollouts; "
+        "oracle = the same for the real frames (the most a world can score with this probe)",
+        "trained_on": source,
         "variables": len(pr.names),
         "kept": pr.kept_names,
         "r2_validation": {pr.names[i]: float(pr.r2_val[i]) for i in order[:16]},

@@ -1,8 +1,9 @@
 """State probes: does a generated frame show the world's true state (the ball where it is, the lives left)?
 
-A small CNN is trained from scratch to read the env's recorded state variables off *real* frames of group
-A (the first PROBE_TRAIN_FRACTION of each episode; the rest validates). The variables it reads well on
-the validation frames (R^2 >= KEEP_R2) are kept; the others (frame counters, RNG bytes, anything the
+A small CNN is trained from scratch to read the env's recorded state variables off *real* frames: those
+of the world's own training data set where it has the state (never the held-out episodes the probe is
+then scored on), else those of held-out group A. Whole episodes validate it (every VAL_EVERY-th). The
+variables it reads well on the validation frames (R^2 >= KEEP_R2) are kept; the others (frame counters, RNG bytes, anything the
 picture does not show) are dropped, so the probe only asks what a frame can answer.
 
 On the open-loop rollouts of group B it then reads generated frames, the real frames and the copy-last
@@ -24,6 +25,9 @@ import torch.nn as nn
 from simulacra.eval.idm import features
 
 PROBE_TRAIN_FRACTION = 0.8
+VAL_EVERY = 5
+"""With this many training episodes or more, every VAL_EVERY-th one validates the probe (else the last
+1 - PROBE_TRAIN_FRACTION of each episode does)."""
 KEEP_R2 = 0.5
 """A variable is kept when the probe explains at least half of its variance on held-out real frames."""
 MIN_FRAMES = 64
@@ -91,12 +95,25 @@ def fit(
     device: str = "cpu",
 ) -> Probe | None:
     """Train a probe on real frames (per segment (T, H, W, 3)) and their states (T, S); None if there are
-    too few frames or no variable that changes. The last 1 - PROBE_TRAIN_FRACTION of each segment validates."""
-    cut = [max(1, int(len(f) * PROBE_TRAIN_FRACTION)) for f in frames]
-    xt = np.concatenate([f[:c] for f, c in zip(frames, cut, strict=True)])
-    yt = np.concatenate([s[:c] for s, c in zip(states, cut, strict=True)]).astype(np.float64)
-    xv = np.concatenate([f[c:] for f, c in zip(frames, cut, strict=True)])
-    yv = np.concatenate([s[c:] for s, c in zip(states, cut, strict=True)]).astype(np.float64)
+    too few frames or no variable that changes. Validation: every VAL_EVERY-th segment where there are at
+    least that many (whole episodes the probe never saw), else the last 1 - PROBE_TRAIN_FRACTION of each."""
+    if len(frames) >= VAL_EVERY:
+        val = [i % VAL_EVERY == VAL_EVERY - 1 for i in range(len(frames))]
+        xt, yt = (
+            np.concatenate([f for f, v in zip(frames, val, strict=True) if not v]),
+            np.concatenate([s for s, v in zip(states, val, strict=True) if not v]),
+        )
+        xv, yv = (
+            np.concatenate([f for f, v in zip(frames, val, strict=True) if v]),
+            np.concatenate([s for s, v in zip(states, val, strict=True) if v]),
+        )
+    else:
+        cut = [max(1, int(len(f) * PROBE_TRAIN_FRACTION)) for f in frames]
+        xt = np.concatenate([f[:c] for f, c in zip(frames, cut, strict=True)])
+        yt = np.concatenate([s[:c] for s, c in zip(states, cut, strict=True)])
+        xv = np.concatenate([f[c:] for f, c in zip(frames, cut, strict=True)])
+        yv = np.concatenate([s[c:] for s, c in zip(states, cut, strict=True)])
+    yt, yv = yt.astype(np.float64), yv.astype(np.float64)
     if len(xt) < MIN_FRAMES or len(xv) < 8:
         return None
     mean, std = yt.mean(0), yt.std(0)

@@ -72,6 +72,13 @@ class DynamicsConfig:
     sample, so a sampled ball keeps its cell open. Set by `train` for the 'pixels' autoencoder."""
     gate_weight: float = 0.1
     """Weight of the gate's loss (binary cross-entropy per cell) against the flow's."""
+    heads_on_next: bool = True
+    """The reward and termination heads read the transition's two frames (the last one and the next one:
+    at inference the world's own sample), as DIAMOND's reward model does, instead of the two frames
+    before it: a brick breaks, a point is scored, in the next frame."""
+    reward_weight: float = 10.0
+    """Weight of the nonzero reward signs in the reward head's cross-entropy: rewards are rare (2% of
+    Breakout's steps), and unweighted the head learns to predict none (recall 0 on held-out events)."""
     gate_keep_moving: int = 0
     """Inference, with the change gate: cells within this many cells of one that changed between the last
     two context frames stay open whatever the gate says, so a moving object (a ball) can leave its cell
@@ -112,6 +119,7 @@ class DynamicsConfig:
             check(name, at_least(getattr(self, name), 0, "0 or more"))
         check("gate_weight", at_least(self.gate_weight, 0, "0 or more"))
         check("gate_keep_moving", at_least(self.gate_keep_moving, 0, "0 or more"))
+        check("reward_weight", at_least(self.reward_weight, 0, "0 or more"))
         check("pad_prob", fraction(self.pad_prob))
         check("own_context", fraction(self.own_context))
         if self.prediction not in ("x", "v"):
@@ -121,9 +129,9 @@ class DynamicsConfig:
         return out
 
 
-INFERENCE_ONLY = {"dynamics": ("gate_keep_moving",)}
-"""Inference options added after worlds were first saved: a world.json (or a run's config.json) without
-them gets their default; they change no weight, so an older world is the same world with the option off."""
+LEGACY = {"dynamics": {"gate_keep_moving": 0, "heads_on_next": False, "reward_weight": 1.0}}
+"""Options added after worlds were first saved, with the value a world saved before them had: a
+world.json without them is that world, unchanged."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -246,9 +254,9 @@ class Dynamics(nn.Module):
             h = layer(torch.cat([h, hs.pop()], 1), cond) if isinstance(layer, CondResBlock) else layer(h)
         return self.out(h)
 
-    def heads_logits(self, ctx_BKChw, actions_BK, pad_BK=None):
-        """(reward-sign logits (B, 3), termination logit (B,)) for the last context transition."""
-        f = self.heads_conv(ctx_BKChw[:, -2:].flatten(1, 2)).mean((2, 3))
+    def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None):
+        """(reward-sign logits (B, 3), termination logit (B,)) of the transition between two latent frames."""
+        f = self.heads_conv(torch.cat([prev_BChw, next_BChw], 1)).mean((2, 3))
         out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
         return out[:, :3], out[:, 3]
 
@@ -263,6 +271,7 @@ class Dynamics(nn.Module):
         ctx, pad = pad_context(ctx, (rng.rand() < self.cfg.pad_prob).to(z.device), rng.randint(1, K + 1).to(z.device))
         if self.cfg.own_context > 0:
             ctx = self.own_context(ctx, actions, pad, rng)
+        heads_in = (ctx[:, -1], z[:, K]) if self.cfg.heads_on_next else None
         if self.cfg.residual:
             # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
             # global std is tiny, and dividing by it would make a moving object a huge target against unit
@@ -285,10 +294,11 @@ class Dynamics(nn.Module):
             moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
             err = err * (1 + self.cfg.change_weight * moved)
         flow = err.mean()
-        r_logits, d_logit = self.heads_logits(ctx, actions, pad)
+        r_logits, d_logit = self.heads_logits(*(heads_in or (ctx[:, -2], ctx[:, -1])), actions, pad)
         r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
         term = batch["terminated"][:, K - 1].float()
-        r_loss = F.cross_entropy(r_logits, r_cls)
+        w = self.cfg.reward_weight
+        r_loss = F.cross_entropy(r_logits, r_cls, weight=torch.tensor([w, 1.0, w], device=z.device))
         d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0, device=z.device))
         loss = flow + self.cfg.gate_weight * gate_loss + self.cfg.done_weight * (r_loss + d_loss)
         metrics = {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
@@ -359,7 +369,8 @@ class Dynamics(nn.Module):
             x = base + x
         if self.cfg.snap_to_pixels:  # normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back
             x = ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
-        r_logits, d_logit = self.heads_logits(ctx_BKChw, actions_BK, pad_BK)
+        prev, nxt = (base, x) if self.cfg.heads_on_next else (ctx_BKChw[:, -2], ctx_BKChw[:, -1])
+        r_logits, d_logit = self.heads_logits(prev, nxt, actions_BK, pad_BK)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
 
     def _moving_cells(self, ctx_BKChw: torch.Tensor) -> torch.Tensor:

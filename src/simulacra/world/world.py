@@ -14,7 +14,6 @@ On disk a world is ``world.json`` (config) + ``autoencoder.safetensors`` + ``dyn
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import numbers
@@ -31,7 +30,7 @@ from simulacra import layout
 from simulacra.errors import SimulacraError
 from simulacra.models.autoencoder import Autoencoder, AutoencoderConfig, to_uint8
 from simulacra.models.common import dict_problems, from_dict
-from simulacra.models.dynamics import INFERENCE_ONLY, Dynamics, DynamicsConfig
+from simulacra.models.dynamics import LEGACY, Dynamics, DynamicsConfig
 from simulacra.spaces import ActionSpace, FrameSpace
 from simulacra.world.backends import OnnxStep, StepFn, TorchStep
 
@@ -294,9 +293,8 @@ def _model_configs(meta: dict, meta_path: Path) -> tuple[AutoencoderConfig, Dyna
         raise SimulacraError(f"{meta_path}: action_space: {e}") from None
     configs = []
     for key, cls in (("autoencoder", AutoencoderConfig), ("dynamics", DynamicsConfig)):
-        if isinstance(meta[key], dict):
-            defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in INFERENCE_ONLY.get(key, ())}
-            meta = {**meta, key: {**defaults, **meta[key]}}
+        if isinstance(meta[key], dict):  # a world saved before these options existed is that world
+            meta = {**meta, key: {**LEGACY.get(key, {}), **meta[key]}}
         for field_name, problem in dict_problems(cls, meta[key]):
             raise SimulacraError(f"{meta_path}: {'.'.join(filter(None, (key, field_name)))} {problem}")
         configs.append(from_dict(cls, meta[key]))
