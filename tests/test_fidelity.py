@@ -173,6 +173,10 @@ def test_event_bar_needs_recall_and_precision():
     assert verdict._event_bar(ev, "termination")["pass"] is False
     ev["reward"] = sec(0.4, 0.9)  # recall without precision: a head that fires everywhere
     assert verdict._event_bar(ev, "reward")["pass"] is False
+    dense = {"rate": 1.0, "precision": 1.0, "recall": 1.0}  # Pendulum: a reward on every step
+    ev["reward"] = {"teacher_forced": {"real": 100, "predicted": 100, "precision": 1.0, "recall": 1.0},
+                    "teacher_forced_base_rate": dense}  # fmt: skip
+    assert verdict._event_bar(ev, "reward")["pass"] is None
     ev["reward"] = {"teacher_forced": {"real": 0, "predicted": 0, "precision": None, "recall": None},
                     "teacher_forced_base_rate": base}  # fmt: skip
     assert verdict._event_bar(ev, "reward")["pass"] is None

@@ -51,7 +51,8 @@ def test_auto_picks_a_reader_by_env_family():
 def test_generic_reads_a_state_attribute_or_a_vector_observation_and_never_an_image():
     env = Toy()
     obs, info = env.reset(seed=0)
-    assert state.generic(env, obs, info) == {"state_0": 0.0, "state_1": 1.0}
+    assert state.generic(env, obs, info) == {"state_0": 0.0, "state_1": 1.0}  # the image is not a state
+    assert state.generic(env, np.array([0.5]), info) == {"obs_0": 0.5}  # a vector observation comes first
     blind = Toy(with_state=False)
     obs, info = blind.reset(seed=0)
     assert state.generic(blind, obs, info) == {}  # an image is not a state

@@ -3,8 +3,8 @@
 A *state reader* maps ``(env, obs, info)`` (the raw observation and info of a reset or step, before the
 frame is made) to a flat ``{name: float}``; the recorder stores the values as the optional per-frame
 array ``state`` of the data set and their names in ``info.json`` (``state_names``). A preset names its
-reader (``WorldPreset.state``); ``auto`` picks one by env family (else the env's numeric ``state``, else a
-vector observation), and ``module:function`` names your own.
+reader (``WorldPreset.state``); ``auto`` picks one by env family (else a vector observation, else the env's
+numeric ``state``), and ``module:function`` names your own.
 ``none`` records no state. The number of lives (ALE's ``info["lives"]``) is stored beside it as ``lives``,
 from which the eval counts life losses.
 
@@ -108,7 +108,7 @@ def state_attribute(env, obs, info) -> dict[str, float]:
 
 
 def observation(env, obs, info) -> dict[str, float]:
-    """The observation itself when it is a short numeric vector or a number (LunarLander, BipedalWalker,
+    """The observation itself when it is a short numeric vector or a number (Pendulum, LunarLander, BipedalWalker,
     FrozenLake's cell): then the frames come from render() and the observation is the state."""
     try:
         v = np.asarray(obs, np.float64)
@@ -118,8 +118,10 @@ def observation(env, obs, info) -> dict[str, float]:
 
 
 def generic(env, obs, info) -> dict[str, float]:
-    """An env simulacra knows nothing about: its numeric ``state``, else its observation if that is a vector."""
-    return state_attribute(env, obs, info) or observation(env, obs, info)
+    """An env simulacra knows nothing about: its observation if that is a vector (what the env chose to show,
+    often normalised: Pendulum gives cos and sin of its angle, which a picture shows, where its ``state``
+    holds the unwrapped angle, which it does not), else its numeric ``state``."""
+    return observation(env, obs, info) or state_attribute(env, obs, info)
 
 
 READERS: dict[str, Reader] = {

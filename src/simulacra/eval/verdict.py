@@ -39,6 +39,9 @@ BARS = {
 }
 """The bars a world is held to (README), by their metrics.json key under ``verdict``."""
 PSNR_MARGIN_DB, IDM_RATIO_MIN, SHARPNESS_MIN, FPS_MIN, BAR_HORIZON = 1.0, 0.8, 0.8, 60.0, 16
+DENSE_RATE = 0.5
+"""Events on more than this fraction of the steps (Pendulum's reward is nonzero on every step) are a dense
+signal that a frame-blind guesser predicts as well: no event bar."""
 FIDELITY_MIN, MOTION_BAND, RECALL_MIN, PRECISION_MIN, CLIP_ACC_MAX, DRIFT_RATIO_MAX = (
     0.5,
     (0.7, 1.3),
@@ -224,6 +227,9 @@ def _event_bar(ev: dict | None, kind: str) -> dict:
         return _bar(None, None, need, f"no real {kind} event among the {ev['teacher_forced_steps']} held-out steps")
     rec, prec = tf["recall"] or 0.0, tf["precision"]
     base = sec["teacher_forced_base_rate"]
+    if base.get("rate", 0.0) > DENSE_RATE:
+        return _bar(None, None, need, f"{kind} on {base['rate']:.0%} of the steps: a dense signal, not events "
+                    f"(a guesser firing at that rate scores precision {_f(base['precision'])}); the bar needs rare events")  # fmt: skip
     note = (f"{tf['real']} real, {tf['predicted']} predicted; precision {_f(prec)} (base rate {_f(base['precision'])}), "
             f"recall {rec:.2f} (base rate {_f(base['recall'])})")  # fmt: skip
     ok = rec >= need and (kind != "reward" or (prec is not None and prec >= PRECISION_MIN))
