@@ -395,7 +395,7 @@ def _fidelity_parts(m: dict) -> list[str]:
         if not isinstance(sec, dict):
             continue
         if "skipped" in sec:
-            rows.append([kind, Text(sec["skipped"]), None, None, None, None])
+            rows.append([kind, sec.get("real_teacher_forced"), None, None, None, Text(sec["skipped"])])
             continue
         for mode in ("teacher_forced", "open_loop"):
             s_, b = sec[mode], sec[f"{mode}_base_rate"]
