@@ -184,7 +184,10 @@ def main() -> None:
 
 def row_of(name: str, run: Path) -> dict:
     """One table row from a trained and evaluated run folder."""
+    from simulacra.eval import verdict
+
     m = json.loads((run / "eval" / "metrics.json").read_text())
+    m["verdict"] = verdict.verdicts(m)  # the verdict reads only the metrics: this version's bars, always
     config = json.loads((run / "config.json").read_text())
     world = run / "world" / "world.json"
     # worlds trained before train recorded its own time: config.json written at the start, world.json at the end

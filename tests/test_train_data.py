@@ -35,15 +35,15 @@ def write_predictable(root, lengths, action_free=(), frame=32, seed=0):
 
 def teacher_forced_heads(world: World, ds: Dataset, episodes):
     """Per K-step window of real frames and actions: (reward-sign class, its prediction, terminated,
-    predicted termination probability) for the window's last transition."""
+    predicted termination probability) for the window's last transition (the heads see its two frames)."""
     K, rows = world.K, []
     for i in episodes:
         z = world.encode(ds.frames(i))
         arr = ds.arrays(i)
         for s in range(ds.episodes[i].length - K + 1):
-            ctx, acts = z[None, s : s + K], torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
+            acts = torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
             with torch.no_grad():
-                r_logits, d_logit = world.dyn.heads_logits(ctx, acts)
+                r_logits, d_logit = world.dyn.heads_logits(z[None, s + K - 1], z[None, s + K], acts)
             t = s + K - 1
             rows.append(
                 (np.sign(arr["reward"][t]) + 1, int(r_logits.argmax()), arr["terminated"][t], float(d_logit.sigmoid()))

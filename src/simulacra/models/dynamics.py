@@ -255,8 +255,13 @@ class Dynamics(nn.Module):
         return self.out(h)
 
     def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None):
-        """(reward-sign logits (B, 3), termination logit (B,)) of the transition between two latent frames."""
-        f = self.heads_conv(torch.cat([prev_BChw, next_BChw], 1)).mean((2, 3))
+        """(reward-sign logits (B, 3), termination logit (B,)) of the transition between two latent frames.
+        With `heads_on_next` the heads see the change and the next frame, max-pooled over the grid: a brick
+        that breaks is one cell of 256, which a mean over the grid averages away."""
+        if self.cfg.heads_on_next:
+            f = self.heads_conv(torch.cat([next_BChw - prev_BChw, next_BChw], 1)).amax((2, 3))
+        else:
+            f = self.heads_conv(torch.cat([prev_BChw, next_BChw], 1)).mean((2, 3))
         out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
         return out[:, :3], out[:, 3]
 
