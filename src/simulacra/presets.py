@@ -67,9 +67,12 @@ PRESETS: dict[str, WorldPreset] = {
             # executed one, so a world model can learn what each key does
             env_kwargs={"frameskip": 4, "repeat_action_probability": 0.0},
             max_episode_steps=1000,
+            # the paddle player returns the ball, so bricks break and lives are lost in the data (random
+            # play breaks 1-2 bricks an episode): a world must see the events it is to predict
+            policy="paddle",
             policy_kwargs={"sticky": 0.75},
             keys={"ArrowLeft": 3, "ArrowRight": 2, " ": 1},
-            description="Atari Breakout (ALE v5, frameskip 4, no sticky actions)",
+            description="Atari Breakout (ALE v5, frameskip 4, no sticky actions), noisy scripted paddle player",
         ),
         WorldPreset(
             name="pong",
