@@ -123,6 +123,9 @@ def test_critic_oracle_near_chance_frozen_caught():
     assert 0.3 <= o["accuracy"] <= 0.7, o  # real vs real: about 50%
     assert verdict._clips_bar({"model": o, "copy_last": caught, "valid": True})["pass"] is True
     assert verdict._clips_bar({"model": caught, "copy_last": caught, "valid": True})["pass"] is False
+    # a critic that barely tells a frozen world from reality (Freeway's small cars: 59%) cannot pass a world
+    weak = {**caught, "accuracy": 0.59, "interval95": [0.53, 0.65]}
+    assert "invalid" in verdict._clips_bar({"model": o, "copy_last": weak, "valid": True})["note"]
 
 
 def test_wilson_interval():

@@ -240,10 +240,26 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def critic_check(cl: dict) -> str | None:
+    """Why the clip discriminator cannot judge a world, or None: it must tell real clips from frozen copy-last
+    ones better than the bar allows a world (else a frozen world would pass)."""
+    cal = cl["copy_last"]
+    if cal["accuracy"] > CLIP_ACC_MAX and cal["interval95"][0] > 0.5:
+        return None
+    return (
+        f"the calibration critic tells real clips from frozen copy-last ones only {cal['accuracy']:.0%} of the time "
+        f"(95% interval {cal['interval95'][0]:.0%}-{cal['interval95'][1]:.0%}); it must beat {CLIP_ACC_MAX:.0%}, the "
+        "bar, or a frozen world would pass: it cannot see what this world gets wrong"
+    )
+
+
 def _clips_bar(cl: dict | None) -> dict:
     na = _not_measured(cl, CLIP_ACC_MAX)
     if na is not None:
         return na
+    why = critic_check(cl)
+    if why is not None:
+        return _bar(None, None, CLIP_ACC_MAX, f"invalid: {why}")
     s = cl["model"]
     lo, hi = s["interval95"]
     note = f"{s['accuracy']:.0%} (95% {lo:.0%}-{hi:.0%}) on {s['real_clips']} + {s['generated_clips']} clips; copy-last {cl['copy_last']['accuracy']:.0%}"
