@@ -205,7 +205,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     m["clips"], crit, real_clips = fidelity.clips(world, h, cfg, rng, dev)
     stage("drift", f"{cfg.drift_starts} rollouts of {cfg.drift_steps} steps")
     m["drift"], drift_arrays = measure.drift(world, h, cfg, rng)
-    m["long_horizon"] = fidelity.long_horizon(world, drift_arrays, pr, crit, real_clips, h)
+    m["long_horizon"] = fidelity.long_horizon(drift_arrays, pr, crit, real_clips, h)
     stage(
         "speed", "world.step at batch 1 and " + str(cfg.speed_batch) + (", eager and ONNX" if cfg.onnx else ", eager")
     )

@@ -286,7 +286,7 @@ def clips(world: World, h: Heldout, cfg, rng, device: str = "cpu") -> tuple[dict
     return out, model, rb
 
 
-def long_horizon(world: World, drift_arrays: dict, pr: probe.Probe | None, model, real_clips, h: Heldout) -> dict:
+def long_horizon(drift_arrays: dict, pr: probe.Probe | None, model, real_clips, h: Heldout) -> dict:
     """At steps 256 and 1,024 of the long rollouts: the probe readings inside the real range; at steps 500
     and 1,000: the discriminator on their clips beside real group-B clips."""
     gen = drift_arrays.get("gen")
