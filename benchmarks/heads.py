@@ -33,20 +33,27 @@ def main() -> None:
     K, rows = world.K, []
     for i in range(len(ds)):
         z, arr = world.encode(ds.frames(i)), ds.arrays(i)
+        lives = arr.get("lives")
+        lost = np.zeros(ds.episodes[i].length, bool) if lives is None else np.diff(np.asarray(lives, np.int64)) < 0
         for s in range(ds.episodes[i].length - K + 1):
             acts = torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
             with torch.no_grad():
                 if world.dyn.cfg.heads_on_next:
-                    r, d = world.dyn.heads_logits(z[None, s + K - 1], z[None, s + K], acts)
+                    r, d, life = world.dyn.heads_logits(z[None, s + K - 1], z[None, s + K], acts)
                 else:
-                    r, d = world.dyn.heads_logits(z[None, s + K - 2], z[None, s + K - 1], acts)
+                    r, d, life = world.dyn.heads_logits(z[None, s + K - 2], z[None, s + K - 1], acts)
             t = s + K - 1
+            life_hit = life is not None and float(life.sigmoid()) > 0.5
             rows.append(
-                (arr["reward"][t] != 0, int(r.argmax()) != 1, bool(arr["terminated"][t]), float(d.sigmoid()) > 0.5)
-            )
-    real_r, pred_r, real_d, pred_d = (np.array(c) for c in zip(*rows, strict=True))
+                (arr["reward"][t] != 0, int(r.argmax()) != 1, bool(arr["terminated"][t]), float(d.sigmoid()) > 0.5,
+                 bool(lost[t]), life_hit)
+            )  # fmt: skip
+    real_r, pred_r, real_d, pred_d, real_l, pred_l = (np.array(c) for c in zip(*rows, strict=True))
     out = {"run": str(run), "steps": len(rows), "heads_on_next": world.dyn.cfg.heads_on_next}
-    for name, real, pred in (("reward", real_r, pred_r), ("termination", real_d, pred_d)):
+    kinds = [("reward", real_r, pred_r), ("termination", real_d, pred_d)]
+    if world.dyn.cfg.life_head:
+        kinds.append(("life_loss", real_l, pred_l))
+    for name, real, pred in kinds:
         hit = int((real & pred).sum())
         out[name] = {"real": int(real.sum()), "predicted": int(pred.sum()), "hit": hit,
                      "recall": hit / real.sum() if real.sum() else None,

@@ -502,12 +502,19 @@ def test_a_world_saved_before_an_option_existed_loads_as_it_was(world_copy):
     for key, names in LEGACY.items():
         for name in names:
             del old[key][name]
+    f = w / "dynamics.safetensors"
+    weights = load_file(f)
+    # a world from before the life-loss head: its last head layer had 4 outputs, not 5
+    older = {k: (v[:4] if k.startswith("heads.2.") else v) for k, v in weights.items()}
     try:
         (w / "world.json").write_text(json.dumps(old))
+        save_file(older, f)
         world = World.load(w)
         assert world.dyn.cfg.gate_keep_moving == 0 and world.dyn.cfg.heads_on_next is False
+        assert world.dyn.cfg.life_head is False
     finally:
         (w / "world.json").write_text(json.dumps(base))
+        save_file(weights, f)
 
 
 def _broken_weights(w: Path, how: str) -> str:

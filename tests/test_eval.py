@@ -304,7 +304,7 @@ def test_eval_end_to_end(trained):
     assert c["ratio"] is not None if c["valid"] else c["ratio"] is None and c["invalid_reason"]
     assert set(m["verdict"]) == {"psnr16_vs_copy_last", "idm_ratio", "sharpness16", "frames_per_s_batch1",
                                  "state_fidelity16", "motion1to16", "reward_events", "termination_events",
-                                 "clips16", "drift1024"}  # fmt: skip
+                                 "life_loss_events", "clips16", "drift1024"}  # fmt: skip
     assert "no true state" in m["state"]["skipped"]  # synthetic data: no state recorded
     assert m["verdict"]["state_fidelity16"]["pass"] is None and len(m["motion"]["ratio"]) == 6
     assert m["events"]["reward"]["teacher_forced"]["real"] > 0

@@ -73,7 +73,11 @@ def test_graph_matches_eager(saved):
             z, frame, reward, done = model(*x.values())
         oz, oframe, oreward, odone = step(*x.values())
         assert oz.shape == z.shape and oframe.shape == frame.shape == (B, 32, 32, 3) and oframe.dtype == np.uint8
-        assert (oz - z).abs().max() <= TOLERANCE["latents"]
+        # snapped latents may round the other way at a half-level boundary: one 8-bit level, and rarely
+        level = 2 / 255 / float(world.dyn.latent_std) if world.dyn.cfg.snap_to_pixels else 0.0
+        diff = (oz - z).abs()
+        assert diff.max() <= max(TOLERANCE["latents"], level * 1.001)
+        assert (diff > TOLERANCE["latents"]).float().mean() < 0.001
         assert np.abs(oframe.astype(int) - frame.numpy().astype(int)).max() <= TOLERANCE["frame"]
         assert (odone - done).abs().max() <= TOLERANCE["done"]
         assert torch.equal(oreward, reward)

@@ -43,7 +43,7 @@ def teacher_forced_heads(world: World, ds: Dataset, episodes):
         for s in range(ds.episodes[i].length - K + 1):
             acts = torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
             with torch.no_grad():
-                r_logits, d_logit = world.dyn.heads_logits(z[None, s + K - 1], z[None, s + K], acts)
+                r_logits, d_logit, _ = world.dyn.heads_logits(z[None, s + K - 1], z[None, s + K], acts)
             t = s + K - 1
             rows.append(
                 (np.sign(arr["reward"][t]) + 1, int(r_logits.argmax()), arr["terminated"][t], float(d_logit.sigmoid()))
@@ -91,3 +91,38 @@ def test_only_action_free_episodes_is_a_one_line_error(tmp_path):
     with pytest.raises(SimulacraError, match="no training episode has actions") as e:
         train(TrainConfig(data=str(root), size="debug", out=str(tmp_path / "run"), dyn_steps=2, tensorboard=False))
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+
+
+def test_life_loss_head_learns_the_lives_counter(tmp_path):
+    """A lives counter drawn in the frame drops at random steps: the life-loss head learns to see it, on
+    episodes it never trained on, and the eval's rollout reader says the same off the same frames."""
+    from simulacra.eval.rollouts import life_losses
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "ds"
+    w = DatasetWriter(root, {"frame_shape": [32, 32, 3], "action_space": SPACE, "env_id": "synthetic"})
+    for e in range(8):
+        L = 24
+        lost = np.zeros(L, bool)
+        lost[rng.choice(np.arange(3, L - 1), 3, replace=False)] = True
+        lives = np.concatenate([[4], 4 - np.cumsum(lost)])  # (L+1,): lives[t+1] < lives[t] where step t lost one
+        frames = rng.integers(30, 50, size=(L + 1, 32, 32, 3), dtype=np.uint8)
+        for t, n in enumerate(lives):
+            frames[t, :4, : 8 * n] = 230  # the counter: one bright 8-pixel bar per life
+        actions = rng.integers(0, 4, size=L)
+        w.add_episode(frames, actions, np.zeros(L, np.float32), np.zeros(L, bool), np.zeros(L, bool),
+                      lives=lives.astype(np.int32), seed=e, env_id="synthetic", policy="random")  # fmt: skip
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(root), size="debug", out=str(out), dyn_steps=200, holdout=0.25, tensorboard=False))
+    ds, world = Dataset.open(root), World.load(out)
+    assert world.dyn.cfg.life_head
+    K = world.K
+    for i in json.loads((out / "config.json").read_text())["holdout_episodes"]:
+        f, arr = ds.frames(i), ds.arrays(i)
+        real = np.diff(np.asarray(arr["lives"])) < 0
+        steps = np.arange(K - 1, ds.episodes[i].length)  # every step with a full context
+        ctx = np.stack([f[t - K + 1 : t + 1] for t in steps])
+        ctx_a = np.stack([arr["action"][t - K + 1 : t] for t in steps])
+        a = np.asarray(arr["action"])[steps][:, None]
+        pred = life_losses(world, ctx, ctx_a, a, f[steps + 1][:, None], batch=8)[:, 0]
+        assert (pred == real[steps]).all() and real[steps].any(), (pred, real[steps])

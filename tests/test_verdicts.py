@@ -163,7 +163,8 @@ def _fidelity(fid=0.7, motion=1.0, recall=0.8, precision=0.6, clip=0.6, drift=1.
         "motion": {"ratio": [motion] * 16},
         "events": {"teacher_forced_steps": 500,
                    "reward": {"teacher_forced": tf, "teacher_forced_base_rate": base},
-                   "termination": {"teacher_forced": tf, "teacher_forced_base_rate": base}},
+                   "termination": {"teacher_forced": tf, "teacher_forced_base_rate": base},
+                   "life_loss": {"teacher_forced": tf, "teacher_forced_base_rate": base}},
         "clips": {"valid": True, "model": clip_s, "copy_last": {**clip_s, "accuracy": 0.99}},
         "drift": {"steps": 1024, "distance_real": 0.05, "at": {"1024": {"distance": 0.05 * drift, "distance_ratio": drift}}},
     }  # fmt: skip
@@ -215,7 +216,8 @@ def test_verdict_passes_a_good_world_and_fails_a_bad_one(capsys):
     na = verdict.verdicts({"open_loop": _ol(), "controllability": ctl, "speed": speed,
                            "state": {"skipped": "no state"}, "clips": {"valid": False, "invalid_reason": "blind"},
                            "events": {"skipped": "no step"}, "drift": {"steps": 256}})  # fmt: skip
-    for k in ("state_fidelity16", "clips16", "reward_events", "termination_events", "drift1024", "motion1to16"):
+    for k in ("state_fidelity16", "clips16", "reward_events", "termination_events", "life_loss_events", "drift1024",
+              "motion1to16"):  # fmt: skip
         assert na[k]["pass"] is None, k
 
 

@@ -573,6 +573,11 @@ def dynamics_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
     dyn = Dynamics(plan.dyn, ae.latent_channels, plan.config["action_space"])
     dyn.latent_std.fill_(std)
     arrays = {i: {k: torch.from_numpy(np.array(v)) for k, v in ds.arrays(i).items()} for i in plan.train_eps}
+    for a in arrays.values():
+        lives = a.pop("lives", None)
+        a.pop("state", None)
+        a["has_lives"] = torch.tensor(lives is not None)
+        a["life_loss"] = torch.zeros(len(a["reward"]), dtype=torch.bool) if lives is None else lives.diff() < 0
     win_index = np.array([(i, s) for i in plan.train_eps for s in range(ds.episodes[i].length - K + 1)])
 
     def get_batch(step: int, r: int, w: int) -> dict:
@@ -583,6 +588,8 @@ def dynamics_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
             "action": torch.stack([arrays[i]["action"][s : s + K] for i, s in pick]),
             "reward": torch.stack([arrays[i]["reward"][s : s + K] for i, s in pick]),
             "terminated": torch.stack([arrays[i]["terminated"][s : s + K] for i, s in pick]),
+            "life_loss": torch.stack([arrays[i]["life_loss"][s : s + K] for i, s in pick]),
+            "has_lives": torch.stack([arrays[i]["has_lives"] for i, _ in pick]),
             "keys": sample_keys(seed, 2, step, B, r, w),
         }
 

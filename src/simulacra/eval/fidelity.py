@@ -20,7 +20,7 @@ from simulacra.data.state import EVENTS
 from simulacra.eval import critic, probe, verdict
 from simulacra.eval import metrics as M
 from simulacra.eval.heldout import Heldout
-from simulacra.eval.rollouts import gather, rollout
+from simulacra.eval.rollouts import gather, life_losses, rollout
 from simulacra.world import World
 
 EVENT_TOLERANCE = 1
@@ -89,14 +89,14 @@ def base_rate(real: np.ndarray, mask: np.ndarray, tol: int, rng) -> dict:
     return {"rate": rate, "precision": mean("precision"), "recall": mean("recall")}
 
 
-def _heads(kind: str, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray | None:
-    return rewards != 0 if kind == "reward" else dones if kind == "termination" else None
+def _heads(kind: str, rewards: np.ndarray, dones: np.ndarray, lives: np.ndarray | None) -> np.ndarray | None:
+    return {"reward": rewards != 0, "termination": dones, "life_loss": lives}[kind]
 
 
 def events(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
-    """The reward-sign and termination heads, teacher-forced (one step from K real frames, every held-out
-    step up to --event-steps) and along the open-loop rollouts; life losses are counted (the world has no
-    life-loss head: its termination head is trained on episode ends only)."""
+    """The reward-sign, termination and life-loss heads, teacher-forced (one step from K real frames, every
+    held-out step up to --event-steps) and along the open-loop rollouts (a world without a life-loss head
+    gets its life losses counted, not scored)."""
     K = world.K
     steps = np.array([(g, t) for g in range(len(h.frames)) for t in range(K - 1, len(h.frames[g]) - 1)], np.int64)
     steps = steps.reshape(-1, 2)
@@ -107,7 +107,8 @@ def events(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
         f"{len(steps)} held-out steps, against what really happened on that step; open loop: the "
         f"{len(arrays['gen'])} open-loop rollouts, a predicted event counting when a real one lies within "
         f"±{EVENT_TOLERANCE} step. A reward event is a nonzero reward (the head predicts its sign), a "
-        "termination an episode's end; base rate = a guesser firing at random at the real event rate",
+        "termination an episode's end, a life loss a drop of the env's lives counter; base rate = a guesser "
+        "firing at random at the real event rate",
         "teacher_forced_steps": len(steps),
     }
     if not len(steps):
@@ -115,7 +116,9 @@ def events(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
     ctx = np.stack([h.frames[g][t - K + 1 : t + 1] for g, t in steps])
     ctx_a = np.stack([h.actions[g][t - K + 1 : t] for g, t in steps])
     a = np.stack([h.actions[g][t] for g, t in steps])
-    _, r1, d1 = rollout(world, ctx, ctx_a, a[:, None], cfg.batch_size, cfg.rng_seed + 30_000, heads=True)
+    gen1, r1, d1 = rollout(world, ctx, ctx_a, a[:, None], cfg.batch_size, cfg.rng_seed + 30_000, heads=True)
+    l1 = life_losses(world, ctx, ctx_a, a[:, None], gen1, cfg.batch_size)
+    l_ol = life_losses(world, arrays["ctx"], arrays["ctx_a"], arrays["acts"], arrays["gen"], cfg.batch_size)
     starts, mask = arrays["starts"], arrays["mask"]
     H = mask.shape[1]
     for kind in EVENTS:
@@ -127,13 +130,13 @@ def events(world: World, h: Heldout, cfg, rng, arrays: dict) -> dict:
         ones = np.ones_like(real_tf)
         real_ol = np.stack([_pad_false(per[g][s:], H) for g, s in starts])
         sec: dict = {"base_rate_per_step": float(np.concatenate(per).mean()) if len(np.concatenate(per)) else 0.0}
-        pred_tf = _heads(kind, r1, d1)
+        pred_tf = _heads(kind, r1, d1, l1)
         if pred_tf is None:
             sec["real_teacher_forced"] = int(real_tf.sum())
             sec["real_open_loop"] = int((real_ol & mask).sum())
-            out[kind] = {**sec, "skipped": "the world has no head for it (its termination head learns episode ends)"}
+            out[kind] = {**sec, "skipped": "the world has no head for it (trained before the life-loss head existed)"}
             continue
-        pred_ol = _heads(kind, arrays["gen_reward"], arrays["gen_done"])
+        pred_ol = _heads(kind, arrays["gen_reward"], arrays["gen_done"], l_ol)
         sec["teacher_forced"] = match(pred_tf, real_tf, ones, 0)
         sec["teacher_forced_base_rate"] = base_rate(real_tf, ones, 0, rng)
         sec["open_loop"] = match(pred_ol, real_ol, mask, EVENT_TOLERANCE)

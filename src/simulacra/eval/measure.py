@@ -51,7 +51,7 @@ def open_loop(world: World, h: Heldout, cfg) -> tuple[dict, dict]:
     out["rollouts_past_end"] = sum(e is not None for e in ends)
     out["real_ended_at"] = ends
     arrays = {"ctx": ctx, "ctx_a": ctx_a, "real": real, "gen": gen, "mask": mask, "p_model": p_model,
-              "starts": starts, "gen_reward": gen_reward, "gen_done": gen_done}  # fmt: skip
+              "starts": starts, "gen_reward": gen_reward, "gen_done": gen_done, "acts": acts}  # fmt: skip
     return out, arrays
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from simulacra.eval.heldout import Heldout
 from simulacra.world import World
@@ -63,6 +64,28 @@ def rollout(world: World, ctx, ctx_a, actions, batch: int, seed: int, heads: boo
     if not heads:
         return np.concatenate(out)
     return np.concatenate(out), np.concatenate(rew), np.concatenate(done)
+
+
+def life_losses(world: World, ctx, ctx_a, actions, frames, batch: int) -> np.ndarray | None:
+    """The life-loss head on each step of rollouts: ``frames`` (N, T, ...) followed the context ``ctx``
+    (N, K, ...) under ``actions`` (N, T, ...). Returns (N, T) bool, or None for a world without the head."""
+    if not getattr(getattr(world, "dyn", None), "cfg", None) or not world.dyn.cfg.life_head:
+        return None  # also a stand-in world (an oracle, in the tests) that has no heads of its own
+    K, (N, T) = world.K, frames.shape[:2]
+    acts = np.concatenate([ctx_a, actions], 1)  # (N, K-1+T, ...): the K actions up to step j are acts[j : j+K]
+    seq = np.concatenate([ctx[:, -2:], frames], 1)  # step j goes from seq[j+1] to seq[j+2]
+    first = 1 if world.dyn.cfg.heads_on_next else 0  # else the heads read the two frames before the step
+    out = np.zeros((N, T), bool)
+    with torch.no_grad():
+        for i in range(0, N, batch):
+            part = seq[i : i + batch]
+            z = world.encode(part.reshape(-1, *part.shape[2:]))
+            z = z.reshape(len(part), T + 2, *z.shape[1:])
+            for j in range(T):
+                a = torch.from_numpy(np.ascontiguousarray(acts[i : i + batch, j : j + K])).to(world.device)
+                _, _, life = world.dyn.heads_logits(z[:, j + first], z[:, j + first + 1], a)
+                out[i : i + batch, j] = (life > 0).cpu().numpy()
+    return out
 
 
 def drift_actions(h: Heldout, g: int, s: int, T: int) -> tuple[np.ndarray, int]:

@@ -34,6 +34,7 @@ BARS = {
     "motion1to16": "motion ratio within [0.7, 1.3] at every horizon 1..16",
     "reward_events": "teacher-forced reward-event recall at least 0.7 at precision at least 0.5",
     "termination_events": "teacher-forced termination recall at least 0.7",
+    "life_loss_events": "teacher-forced life-loss recall at least 0.7 (envs that count lives)",
     "clips16": "clip discriminator accuracy at most 75% on 16-frame clips",
     "drift1024": "nearest-real distance ratio at step 1,024 at most 2",
 }
@@ -287,6 +288,7 @@ def verdicts(m: dict) -> dict:
         "motion1to16": _motion_bar(m.get("motion")),
         "reward_events": _event_bar(m.get("events"), "reward"),
         "termination_events": _event_bar(m.get("events"), "termination"),
+        "life_loss_events": _event_bar(m.get("events"), "life_loss"),
         "clips16": _clips_bar(m.get("clips")),
         "drift1024": _drift_bar(m.get("drift")),
     }

@@ -79,6 +79,10 @@ class DynamicsConfig:
     reward_weight: float = 10.0
     """Weight of the nonzero reward signs in the reward head's cross-entropy: rewards are rare (2% of
     Breakout's steps), and unweighted the head learns to predict none (recall 0 on held-out events)."""
+    life_head: bool = True
+    """Also predict a life lost on the transition (ALE's ``info["lives"]`` going down), trained on the
+    episodes whose data records lives: in Breakout a lost ball shows at once in the lives counter, while
+    the episode's end often comes steps later on an unchanged frame."""
     gate_keep_moving: int = 0
     """Inference, with the change gate: cells within this many cells of one that changed between the last
     two context frames stay open whatever the gate says, so a moving object (a ball) can leave its cell
@@ -129,7 +133,7 @@ class DynamicsConfig:
         return out
 
 
-LEGACY = {"dynamics": {"gate_keep_moving": 0, "heads_on_next": False, "reward_weight": 1.0}}
+LEGACY = {"dynamics": {"gate_keep_moving": 0, "heads_on_next": False, "reward_weight": 1.0, "life_head": False}}
 """Options added after worlds were first saved, with the value a world saved before them had: a
 world.json without them is that world, unchanged."""
 
@@ -232,7 +236,7 @@ class Dynamics(nn.Module):
             nn.SiLU(),
             nn.Conv2d(chs[0], chs[0], 3, stride=2, padding=1),
         )
-        self.heads = nn.Sequential(nn.Linear(chs[0] + D, D), nn.SiLU(), nn.Linear(D, 4))
+        self.heads = nn.Sequential(nn.Linear(chs[0] + D, D), nn.SiLU(), nn.Linear(D, 4 + cfg.life_head))
 
     # ---- the denoiser ----------------------------------------------------------------------------
     def velocity(self, x_BChw, t_B, ctx_BKChw, actions_BK, ctx_noise_B, pad_BK=None):
@@ -255,7 +259,8 @@ class Dynamics(nn.Module):
         return self.out(h)
 
     def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None):
-        """(reward-sign logits (B, 3), termination logit (B,)) of the transition between two latent frames.
+        """(reward-sign logits (B, 3), termination logit (B,), life-loss logit (B,) or None without
+        `life_head`) of the transition between two latent frames.
         With `heads_on_next` the heads see the change and the next frame, max-pooled over the grid: a brick
         that breaks is one cell of 256, which a mean over the grid averages away."""
         if self.cfg.heads_on_next:
@@ -263,11 +268,12 @@ class Dynamics(nn.Module):
         else:
             f = self.heads_conv(torch.cat([prev_BChw, next_BChw], 1)).mean((2, 3))
         out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
-        return out[:, :3], out[:, 3]
+        return out[:, :3], out[:, 3], out[:, 4] if self.cfg.life_head else None
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """batch: latents (B, K+1, C, h, w) [normalised], action (B, K), reward (B, K), terminated (B, K)."""
+        """batch: latents (B, K+1, C, h, w) [normalised], action (B, K), reward (B, K), terminated (B, K), and
+        optionally life_loss (B, K) with has_lives (B,) (whether the window's episode records lives)."""
         z = batch["latents"]
         K = self.cfg.context
         ctx, target, actions = z[:, :K], z[:, K], batch["action"][:, :K]
@@ -299,14 +305,25 @@ class Dynamics(nn.Module):
             moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
             err = err * (1 + self.cfg.change_weight * moved)
         flow = err.mean()
-        r_logits, d_logit = self.heads_logits(*(heads_in or (ctx[:, -2], ctx[:, -1])), actions, pad)
+        r_logits, d_logit, l_logit = self.heads_logits(*(heads_in or (ctx[:, -2], ctx[:, -1])), actions, pad)
         r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
         term = batch["terminated"][:, K - 1].float()
         w = self.cfg.reward_weight
         r_loss = F.cross_entropy(r_logits, r_cls, weight=torch.tensor([w, 1.0, w], device=z.device))
         d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0, device=z.device))
-        loss = flow + self.cfg.gate_weight * gate_loss + self.cfg.done_weight * (r_loss + d_loss)
+        l_loss = torch.zeros((), device=z.device)
+        if l_logit is not None and "life_loss" in batch:
+            # episodes that record no lives (every non-Atari env) weigh nothing
+            has = batch["has_lives"].float()
+            per = F.binary_cross_entropy_with_logits(
+                l_logit, batch["life_loss"][:, K - 1].float(), pos_weight=torch.tensor(10.0, device=z.device),
+                reduction="none",
+            )  # fmt: skip
+            l_loss = (per * has).sum() / has.sum().clamp_min(1)
+        loss = flow + self.cfg.gate_weight * gate_loss + self.cfg.done_weight * (r_loss + d_loss + l_loss)
         metrics = {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
+        if l_logit is not None:
+            metrics["life_bce"] = l_loss.item()
         if self.cfg.change_gate:
             metrics["gate_bce"] = gate_loss.item()
         return loss, metrics
@@ -375,7 +392,7 @@ class Dynamics(nn.Module):
         if self.cfg.snap_to_pixels:  # normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back
             x = ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
         prev, nxt = (base, x) if self.cfg.heads_on_next else (ctx_BKChw[:, -2], ctx_BKChw[:, -1])
-        r_logits, d_logit = self.heads_logits(prev, nxt, actions_BK, pad_BK)
+        r_logits, d_logit, _ = self.heads_logits(prev, nxt, actions_BK, pad_BK)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
 
     def _moving_cells(self, ctx_BKChw: torch.Tensor) -> torch.Tensor:
