@@ -88,6 +88,8 @@ def fidelity(m: dict) -> dict:
         "reward_precision": tf("reward").get("precision"),
         "termination_real": tf("termination").get("real"),
         "termination_recall": tf("termination").get("recall"),
+        "life_loss_real": tf("life_loss").get("real"),
+        "life_loss_recall": tf("life_loss").get("recall"),
         "clip_accuracy": value("clips16"),
         "clip_copy_last": ((m.get("clips") or {}).get("copy_last") or {}).get("accuracy"),
         "drift256": at("256"),
@@ -105,6 +107,7 @@ COLS = [("preset", "preset", "{}"), ("train min", "train_minutes", "{:.1f}"), ("
         ("state fid@16", "state_fidelity16", "{:.2f}"), ("vars", "state_vars_kept", "{}"), ("motion worst 1-16", "motion_worst", "{:.2f}"),
         ("reward real", "reward_real", "{}"), ("reward recall", "reward_recall", "{:.2f}"), ("reward prec", "reward_precision", "{:.2f}"),
         ("term real", "termination_real", "{}"), ("term recall", "termination_recall", "{:.2f}"),
+        ("life-loss real", "life_loss_real", "{}"), ("life-loss recall", "life_loss_recall", "{:.2f}"),
         ("clip acc", "clip_accuracy", "{:.2f}"), ("clip copy-last", "clip_copy_last", "{:.2f}"),
         ("drift@256", "drift256", "{:.2f}"), ("drift@1024", "drift1024", "{:.2f}"), ("bars passed", "passed", "{}")]  # fmt: skip
 
