@@ -15,7 +15,6 @@ from simulacra.errors import SimulacraError
 
 # Verbs whose issues have not landed yet: listed so users see the whole plan, and say so plainly.
 PLANNED = {
-    "play": "play a world model in the browser, side by side with the real env",
     "plan": "reach a goal image by planning in the world model's latent space",
     "dream": "train an agent inside the world model, score it in the real env",
 }
@@ -28,6 +27,7 @@ verbs:
   train        train a world model (autoencoder + latent dynamics) on a data set
   eval         evaluate a world model against held-out real episodes and baselines
   export       export a trained world's per-frame step to ONNX (fast CPU inference), check and time it
+  play         play a trained world in the browser, in real time, beside the real env
 {planned}
 presets: {presets}
 errors are one line; --debug (anywhere) or SIMULACRA_DEBUG=1 shows the traceback
@@ -48,6 +48,7 @@ VERB_TABLE = {
     "train": ("simulacra.train", "TrainConfig", "train"),
     "eval": ("simulacra.eval", "EvalConfig", "evaluate"),
     "export": ("simulacra.export", "ExportConfig", "export_command"),
+    "play": ("simulacra.play", "PlayConfig", "play"),
     "data info": ("simulacra.data.commands", "InfoConfig", "info"),
     "data view": ("simulacra.data.commands", "ViewConfig", "view"),
     "data verify": ("simulacra.data.commands", "VerifyConfig", "verify"),
