@@ -477,3 +477,20 @@ def test_fuzzed_messages_never_crash_the_server(oracle):
                 assert (await recv_json(good, "pong"))["t"] == 2  # the well-behaved client was served throughout
 
     asyncio.run(asyncio.wait_for(session(), 600))
+
+
+# ---- the verb ---------------------------------------------------------------------------------------
+def test_play_verb_serves_then_stops(world, capsys, monkeypatch):
+    from conftest import assert_one_line_error, run_cli
+
+    code, out, _ = run_cli(capsys, "play", world.path, "--port", 0, "--seconds", 0.5, "--backend", "torch")
+    assert code == 0 and "open http://127.0.0.1:" in out and "real env off" in out
+    code, out, _ = run_cli(
+        capsys, "play", world.path, "--host", "0.0.0.0", "--port", 0, "--seconds", 0.3, "--backend", "torch"
+    )
+    assert code == 0 and "?token=" in out and "printed once" in out  # off loopback: a token, shown once
+    code, _, err = run_cli(capsys, "play", world.path, "--port", 70000)
+    assert_one_line_error(code, err, "--port")
+    monkeypatch.setenv("SIMULACRA_NO_PLAY", "1")
+    code, out, _ = run_cli(capsys, "play", world.path)
+    assert code == 0 and "skipped" in out

@@ -295,6 +295,7 @@ class _Tab:
         self.settings = Settings.of(self.world)
         self.action = self._noop()
         self.seq = 0
+        self.fresh_input = False
         self.paused = False
         self.closed = False
         self.wake = asyncio.Event()
@@ -396,7 +397,9 @@ class _Tab:
             if self.world.action_space.kind != "none":
                 if "action" not in msg:
                     raise Rejected("input needs an 'action'")
-                self.action = self.world.action_space.validate(np.asarray(msg["action"]), ())
+                action = self.world.action_space.validate(np.asarray(msg["action"]), ())
+                self.fresh_input |= not np.array_equal(action, self.action)
+                self.action = action
             self.seq = int(msg.get("seq", self.seq))
             self.wake.set()
         elif kind == "control":
@@ -519,8 +522,11 @@ class _Tab:
         await self.ws.send(pack(KIND_FRAME, header, *payload))
 
     async def _frames(self) -> None:
+        """The frame loop: one step per period of the target rate. A changed input is not left waiting
+        for the next period: once half a period has passed since the last frame, the next one comes at
+        once, so key-to-frame latency stays under about half a period plus one step."""
         loop = asyncio.get_running_loop()
-        next_t = loop.time()
+        next_t = last = loop.time()
         try:
             while not self.closed:
                 if self.paused or self.player.session is None:
@@ -528,18 +534,22 @@ class _Tab:
                     await self.wake.wait()
                     next_t = loop.time()
                     continue
-                delay = next_t - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                period = 1.0 / self.settings.fps
+                due = min(next_t, last + period / 2) if self.fresh_input else next_t
+                now = loop.time()
+                if now < due:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), due - now)
                     continue
+                early, self.fresh_input, last = due < next_t, False, now
                 try:
                     await self._tick()
                 except (SimulacraError, ValueError, RuntimeError) as e:  # the dream pauses; the page hears why
                     log.warning("play: a step failed: %s", e)
                     self.paused = True
                     await self.server._send_error(self.ws, f"the dream paused: a step failed ({e})")
-                period = 1.0 / self.settings.fps
-                next_t = max(next_t + period, loop.time() - period)
+                next_t = now + period if early else max(next_t + period, loop.time() - period)
         except ConnectionClosed:
             pass
 

@@ -11,6 +11,7 @@ arrays. Nothing in it can run code, and every field is checked before it is used
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -214,6 +215,17 @@ class Session:
     def branch(self, step: int) -> Session:
         """A new session equal to this one up to ``step`` steps, to continue differently from there."""
         return replay(self.base, self.to_bytes(), until_step=step)
+
+
+def _with_options(world: World, temperature: float, sampling_steps: int) -> World:
+    """The world with these sampling settings. An ONNX graph fixes its sampling steps, so other step counts
+    run eagerly on the same weights (a replay makes the same switch at the same step)."""
+    if world.backend == "onnx" and sampling_steps != world.dyn.cfg.sampling_steps:
+        from simulacra.world.backends import TorchStep
+
+        world = copy.copy(world)
+        world.step_fn, world.backend = TorchStep(world.ae, world.dyn), "torch"
+    return world.with_options(temperature=temperature, sampling_steps=sampling_steps)
 
 
 def _world_name(world: World) -> str:
