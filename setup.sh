@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command 1 of 2: install everything into .venv, then run the main job on the default world:
 # record a data set from the real env, train a nano world model on it (nano's 10-minute wall-clock budget),
-# and evaluate it on freshly recorded episodes against the copy-last-frame baseline.
+# and evaluate it on freshly recorded episodes against the copy-last-frame baseline; then serve it in the
+# browser (`simulacra play`, beside the real env) and print the URL. SIMULACRA_NO_PLAY=1 skips play (CI, scripts).
 # WORLD=<preset> EPISODES=<n> bash setup.sh picks another world; re-running resumes a finished or
 # interrupted training run instead of starting over.
 set -euo pipefail
@@ -23,3 +24,4 @@ resume=()
 $sim train --data "$data" --size nano --out "$run" "${resume[@]}"
 $sim eval --run "$run"
 echo "done: data set in $data (preview $data/preview.mp4), world in $run/world, report at $run/eval/report.html"
+$sim play "$run"  # prints the URL; Ctrl-C stops it (SIMULACRA_NO_PLAY=1 skips it)
