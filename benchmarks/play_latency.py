@@ -90,7 +90,17 @@ def main() -> None:
     rows = []
     for n in args.sessions:
         port = free_port()
-        cmd = [str(sim), "play", args.run, "--port", str(port), "--backend", args.backend, "--max-sessions", str(max(n, 4))]
+        cmd = [
+            str(sim),
+            "play",
+            args.run,
+            "--port",
+            str(port),
+            "--backend",
+            args.backend,
+            "--max-sessions",
+            str(max(n, 4)),
+        ]
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             for line in server.stdout:  # wait for the URL
@@ -107,12 +117,30 @@ def main() -> None:
         p95 = max(r["p95_ms"] or float("inf") for r in per)
         p50 = max(r["p50_ms"] or float("inf") for r in per)
         bar = (min(fps) >= 30 and p95 <= 50) if n == 1 else min(fps) >= 15
-        rows.append({"sessions": n, "target_fps": args.fps, "fps_min": min(fps), "fps_mean": sum(fps) / n, "p50_ms": p50, "p95_ms": p95, "bar": bar, "per_session": per})
-        print(f"{n} session(s): frames/s min {min(fps):.1f} mean {sum(fps) / n:.1f} (target {args.fps:.0f}) | key->frame p50 {p50:.0f} ms p95 {p95:.0f} ms (worst session) | bar {'PASS' if bar else 'FAIL'}", flush=True)
+        rows.append(
+            {
+                "sessions": n,
+                "target_fps": args.fps,
+                "fps_min": min(fps),
+                "fps_mean": sum(fps) / n,
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "bar": bar,
+                "per_session": per,
+            }
+        )
+        print(
+            f"{n} session(s): frames/s min {min(fps):.1f} mean {sum(fps) / n:.1f} (target {args.fps:.0f}) | key->frame p50 {p50:.0f} ms p95 {p95:.0f} ms (worst session) | bar {'PASS' if bar else 'FAIL'}",
+            flush=True,
+        )
     host = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
     print(f"host: {host['cpu']}, {host['cores']} cores; server and browsers share it")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"run": args.run, "backend": args.backend, "seconds": args.seconds, "host": host, "rows": rows}, indent=1))
+    Path(args.out).write_text(
+        json.dumps(
+            {"run": args.run, "backend": args.backend, "seconds": args.seconds, "host": host, "rows": rows}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

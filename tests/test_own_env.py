@@ -227,6 +227,12 @@ def _lines(path: Path) -> int:
         return 0
 
 
+def _sigint_default() -> None:
+    """The child takes SIGINT as a terminal's Ctrl-C would, even when the suite itself runs as a background
+    job (``cmd &`` starts it with SIGINT ignored, which children inherit and Python then keeps)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop(proc: subprocess.Popen, how: int) -> tuple[float, str, str]:
     """Send ``how`` as a terminal (SIGINT to the whole process group) or `kill PID` (SIGTERM) would;
     (seconds until it exited, stdout, stderr)."""
@@ -247,7 +253,7 @@ def test_interrupt_stops_at_once_keeps_episodes_and_resume_finishes_byte_identic
     out, ref = tmp_path / "ds", tmp_path / "ref"
     args = ["record", "--env-id", f"{MODULE}:Fake-v0", "--episodes", "14", *SLOW]
     proc = subprocess.Popen([*SIM, *args, "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_sigint_default)  # fmt: skip
     assert _wait_for(lambda: _lines(out / MANIFEST) >= 3 or proc.poll() is not None, 60)
     workers = _children(proc.pid)
     assert proc.poll() is None, "the recording ended before it was interrupted; make it longer"
@@ -300,7 +306,7 @@ def test_interrupt_before_any_episode_leaves_nothing_that_blocks_a_retry(tmp_pat
     args = ["record", "--env-id", f"{MODULE}:Fake-v0", "--episodes", "2", "--num-envs", "2"]
     proc = subprocess.Popen([*SIM, *args, "--env-kwargs", "delay=0.01", "base=100000", "--out", str(out)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=_sigint_default)  # fmt: skip
     assert _wait_for(lambda: (out / MANIFEST).exists() or proc.poll() is not None, 60)
     workers = _children(proc.pid)
     took, _, stderr = _stop(proc, how)

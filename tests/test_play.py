@@ -494,3 +494,45 @@ def test_play_verb_serves_then_stops(world, capsys, monkeypatch):
     monkeypatch.setenv("SIMULACRA_NO_PLAY", "1")
     code, out, _ = run_cli(capsys, "play", world.path)
     assert code == 0 and "skipped" in out
+
+
+def test_real_env_beside_the_dream_and_resync():
+    """Breakout's real env runs beside a (64x64, untrained) dream on the same actions; resync restarts the
+    dream from reality's last frames."""
+    from dataclasses import asdict
+
+    from play_worlds import tiny_world as _tiny
+
+    from simulacra.world import World
+
+    small = _tiny()
+    preset = PRESETS["breakout"].to_dict()
+    cfg = {
+        **small.config,
+        "frame_shape": [64, 64, 3],
+        "action_space": {"type": "discrete", "n": 4, "start": 0},
+        "preset": preset,
+    }
+    from simulacra.models.dynamics import Dynamics
+
+    dyn = Dynamics(small.dyn.cfg, small.ae.cfg.grid_channels, cfg["action_space"])
+    world = World(small.ae, dyn, cfg | {"dynamics": asdict(dyn.cfg)})
+    p = Player(world, preset=preset)
+    first = p.start_real(seed=5)
+    ticks = [p.tick(a) for a in (1, 2, 2, 3, 0)]
+    assert all(t.real is not None and t.divergence is not None for t in ticks)
+    assert first.shape == ticks[0].real.shape == (64, 64, 3)
+    frame = p.resync()
+    assert np.array_equal(frame, p.real.frames[-1])  # the dream goes on from reality's last frame
+    assert p.session.events[-1] == {"context": 1}
+    p.close()
+
+
+def test_a_picture_unlike_the_training_frames_gets_a_note(oracle):
+    from simulacra.play.player import look_note
+
+    ref = np.stack([block_frame(x) for x in (4, 12, 20)])
+    assert look_note(block_frame(8), ref, [32, 32], oracle.frame_space.shape) == []
+    bright = np.full((32, 32, 3), 200, np.uint8)
+    notes = look_note(bright, ref, [90, 320], oracle.frame_space.shape)
+    assert len(notes) == 2 and "another shape" in notes[0] and "unlike the training frames" in notes[1]

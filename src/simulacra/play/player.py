@@ -104,12 +104,15 @@ def look_note(frame: np.ndarray, reference_NHWC: np.ndarray | None, native: list
     if abs(np.log((h / w) / (H / W))) > 0.25:
         notes.append(f"the picture is {w}x{h}, another shape than the world's {W}x{H} frames: it was resized")
     if reference_NHWC is not None and len(reference_NHWC):
-        ref = reference_NHWC.astype(np.float32)
-        near = float(np.abs(ref - frame.astype(np.float32)).mean((1, 2, 3)).min())
-        if near > 12:
+        # look = colour distribution (16 bins per channel), not layout: a sprite elsewhere is not far
+        def hist(f):
+            return np.stack([np.bincount(f[..., c].ravel() // 16, minlength=16) for c in range(3)]) / f[..., 0].size
+
+        far = min(float(np.abs(hist(frame) - hist(r)).sum()) / 3 for r in reference_NHWC)
+        if far > 0.5:
             notes.append(
-                f"the picture looks unlike the training frames (nearest differs by {near:.0f} gray levels on "
-                "average): the dream may not follow it"
+                f"the picture's colours are unlike the training frames' (histogram distance {far:.2f} of 2): "
+                "the dream may not follow it"
             )
     return notes
 

@@ -253,7 +253,8 @@ class PlayServer:
         finally:
             self.sessions.discard(tab)
             tab.closed = True
-            await asyncio.get_running_loop().run_in_executor(self.executor, tab.player.close)
+            if tab.player is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, tab.player.close)
 
     async def _send_error(self, ws, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -290,8 +291,7 @@ class _Tab:
     def __init__(self, server: PlayServer, ws: ServerConnection):
         self.server, self.ws, self.world = server, ws, server.world
         self.keys = key_map(self.world)
-        policy = server.policy_factory(self.world) if server.policy_factory else None
-        self.player = Player(self.world, preset=server.preset, policy=policy, checksum=server.checksum)
+        self.player: Player | None = None  # made on the worker thread (a real env takes a while to start)
         self.settings = Settings.of(self.world)
         self.action = self._noop()
         self.seq = 0
@@ -315,7 +315,17 @@ class _Tab:
         async with self.lock:
             return await asyncio.get_running_loop().run_in_executor(self.server.executor, fn, *args)
 
+    def _make_player(self, preset: dict | None) -> Player:
+        server = self.server
+        policy = server.policy_factory(self.world) if server.policy_factory else None
+        return Player(self.world, preset=preset, policy=policy, checksum=server.checksum)
+
     async def run(self) -> None:
+        try:
+            self.player = await self.call(self._make_player, self.server.preset)
+        except (SimulacraError, OSError, ImportError) as e:  # the real env would not start: dream without it
+            await self.server._send_error(self.ws, f"the real env did not start ({e}); dreaming without it")
+            self.player = await self.call(self._make_player, None)
         await self.ws.send(json.dumps(self._hello()))
         try:
             await self._default_start()
