@@ -138,6 +138,8 @@ BAD_TRAIN = [
     (["--change-weight", "-1"], "--change-weight"),
     (["--context-noise-max", "nan"], "--context-noise-max"),
     (["--autoencoder", "vq"], "--autoencoder"),
+    (["--patch", "3"], "--patch"),  # does not tile 16x16 frames
+    (["--patch", "0"], "--patch"),
     (["--size", "huge"], "huge"),
 ]
 

@@ -159,6 +159,17 @@ def test_trained_world_loads_and_dreams(reference, data):
     assert rewards.shape == dones.shape == (1, 5) and np.isfinite(rewards).all()
 
 
+def test_patch_two_makes_a_finer_grid_that_dreams(data, tmp_path):
+    out = tmp_path / "p2"
+    train(data, out, "--dyn-steps", "3", "--patch", "2")
+    world = World.load(out)
+    assert world.ae.cfg.patch == 2 and world.ae.cfg.grid_channels == 12
+    state = world.reset(*world.episode_context(Dataset.open(data), 0, 3))
+    assert world.encode(np.zeros((1, 64, 64, 3), np.uint8)).shape[-2:] == (32, 32)
+    _, frames, _, _ = world.step(state, [1], world.generator(0))
+    assert frames.shape == (1, 64, 64, 3)
+
+
 def test_default_run_logs_to_tensorboard(data, tmp_path):
     """TensorBoard is on by default (every other test turns it off): the run's tb/ holds the losses."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -166,6 +166,9 @@ class TrainConfig:
     autoencoder: str | None = None
     """Frame representation: 'pixels' (lossless 4x4 patch grid, nothing to train) or 'learned'
     (a convolutional autoencoder trained first). Default: the size preset's."""
+    patch: int | None = None
+    """Pixel patch size of the 'pixels' grid (default 4: 64x64 frames are a 16x16 grid). 2 makes a 32x32
+    grid, so a one-pixel ball is a larger part of its cell, at about four times the compute."""
     change_weight: float | None = None
     """Extra loss weight on the parts of the frame that change (default: the size preset's)."""
     context_noise_max: float | None = None
@@ -208,7 +211,11 @@ def budget_minutes(cfg: TrainConfig) -> float | None:
 def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConfig, DynamicsConfig]:
     """The two models' configs: the preset's, with the options given. Sampling snaps to pixels and the
     change gate is on (unless --no-change-gate) exactly when the frames are pixels."""
-    ae = replace(preset.ae, **({"kind": cfg.autoencoder} if cfg.autoencoder else {}))
+    ae = replace(
+        preset.ae,
+        **({"kind": cfg.autoencoder} if cfg.autoencoder else {}),
+        **({"patch": cfg.patch} if cfg.patch is not None else {}),
+    )
     given = {
         "context": cfg.context,
         "channels": cfg.channels,
@@ -224,6 +231,7 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
 
 OPTION_OF = {
     ("autoencoder", "kind"): "--autoencoder",
+    ("autoencoder", "patch"): "--patch",
     ("dynamics", "context"): "--context",
     ("dynamics", "channels"): "--channels",
     ("dynamics", "channel_mult"): "--channel-mult",
