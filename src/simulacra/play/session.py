@@ -15,8 +15,6 @@ import copy
 import hashlib
 import io
 import json
-import math
-import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import numpy as np
 from simulacra.errors import SimulacraError
 from simulacra.world.env import WorldEnv
 from simulacra.world.world import World
+from simulacra.world.world import _is_int as _int
+from simulacra.world.world import _is_real as _real
 
 FORMAT = "simulacra.play_session"
 VERSION = 1
@@ -65,14 +65,6 @@ class Settings:
         if not (_real(f) and 1 <= f <= 120):
             raise SessionError(f"fps must be a number in [1, 120], not {f!r}")
         return Settings(float(t), int(s), float(f))
-
-
-def _real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def world_checksum(world: World) -> str:
@@ -180,9 +172,6 @@ class Session:
         return self.frame
 
     # ---- saving, replaying, branching ---------------------------------------------------------------
-    def steps(self) -> int:
-        return sum("a" in e for e in self.events)
-
     def to_bytes(self) -> bytes:
         """The session as one .npz file (JSON header + arrays; no pickles)."""
         header = {
