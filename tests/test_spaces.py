@@ -102,6 +102,14 @@ def test_box_validate_rejects_with_one_line(actions, says):
     assert says in _one_line(e)
 
 
+@pytest.mark.parametrize("space", [BOX, DISCRETE])
+def test_ragged_actions_are_one_line_errors(space):
+    """NumPy refuses to make an array of a ragged list (play's fuzzer sent one): one line, not a ValueError."""
+    with pytest.raises(ActionSpaceError) as e:
+        space.validate([[0.0, [1.0, 2.0]]])
+    assert "regular array" in _one_line(e)
+
+
 def test_box_validate_accepts_in_range_and_within_the_tolerance():
     got = BOX.validate(np.array([[-1.0, 0.0], [1.0, 512.0], [0.25, 100]], np.float64), batch_shape=(3,))
     assert got.dtype == np.float32 and got.shape == (3, 2)

@@ -15,7 +15,6 @@ from simulacra.errors import SimulacraError
 
 # Verbs whose issues have not landed yet: listed so users see the whole plan, and say so plainly.
 PLANNED = {
-    "plan": "reach a goal image by planning in the world model's latent space",
     "dream": "train an agent inside the world model, score it in the real env",
 }
 
@@ -28,6 +27,7 @@ verbs:
   eval         evaluate a world model against held-out real episodes and baselines
   export       export a trained world's per-frame step to ONNX (fast CPU inference), check and time it
   play         play a trained world in the browser, in real time, beside the real env
+  plan         reach a goal image by planning in a world's planning latent, scored in the real env
 {planned}
 presets: {presets}
 errors are one line; --debug (anywhere) or SIMULACRA_DEBUG=1 shows the traceback
@@ -49,6 +49,7 @@ VERB_TABLE = {
     "eval": ("simulacra.eval", "EvalConfig", "evaluate"),
     "export": ("simulacra.export", "ExportConfig", "export_command"),
     "play": ("simulacra.play", "PlayConfig", "play"),
+    "plan": ("simulacra.plan", "PlanConfig", "plan"),
     "data info": ("simulacra.data.commands", "InfoConfig", "info"),
     "data view": ("simulacra.data.commands", "ViewConfig", "view"),
     "data verify": ("simulacra.data.commands", "VerifyConfig", "verify"),

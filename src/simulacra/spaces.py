@@ -158,7 +158,10 @@ class ActionSpace:
         one: not a number, not an integer for a discrete space (bool included), or outside the bounds."""
         if self.kind == "none":
             raise ActionSpaceError("this world is action-free; it takes no actions")
-        a = np.asarray(actions)
+        try:
+            a = np.asarray(actions)
+        except (TypeError, ValueError):  # ragged nested lists: NumPy refuses to make an array of them
+            raise ActionSpaceError(f"{what}s must be numbers in a regular array, not {repr(actions)[:60]}") from None
         if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.number)):
             raise ActionSpaceError(f"{what}s must be numbers, not {a.dtype} ({_show(a)})")
         ev = self.event_shape

@@ -188,6 +188,11 @@ class TrainConfig:
     """Continue from the latest complete checkpoint in --out."""
     tensorboard: bool = True
     """Write TensorBoard logs to <run>/tb."""
+    planning: bool = False
+    """Also train the planning world (a JEPA latent for `simulacra plan`) and its GCBC baseline into
+    <run>/plan, after the pixel world. Needs recorded states and a preset with a planning task (pusht)."""
+    plan_minutes: float = 20.0
+    """Wall-clock budget of the planning world and GCBC (80 / 20), on top of --minutes."""
     max_params: int = 1_000_000_000
     """Refuse models with more parameters than this (counted before anything is allocated: a typo in
     --channels would otherwise ask for terabytes). The large preset has about 0.35 billion."""
@@ -399,6 +404,14 @@ def plan_run(cfg: TrainConfig, t_begin: float) -> Plan:
     ae_loop, dyn_loop = loop_configs(cfg, preset, world_size)
     minutes = budget_minutes(cfg)
     train_eps, held_eps = training_episodes(ds, root, cfg, dyn_cfg.context)
+    if cfg.planning:  # refused now, not after the pixel world has trained for ten minutes
+        from simulacra.plan.tasks import task_for
+
+        task_for((ds.info.get("preset_config") or {}).get("name"))
+        if "state" not in ds.arrays(train_eps[0]):
+            raise SimulacraError(f"--planning: {root} holds no state per frame (record it with --state auto)")
+        if not 0 < cfg.plan_minutes < math.inf:
+            raise SimulacraError(f"--plan-minutes must be a positive budget, not {cfg.plan_minutes}")
     used = sorted(set(train_eps) | set(held_eps))
     ds.check_episodes(used)  # every byte that training reads, and eval holds out, before any is written
     config = {
@@ -662,6 +675,15 @@ def _train(plan: Plan, rank: int, world_size: int) -> Path:
         World(done["autoencoder"].model, done["dynamics"].model, plan.config).save(plan.run / "world")
         last = done["dynamics"].result.metrics if done["dynamics"].result else {}
         print(f"trained world saved to {plan.run / 'world'} (last dynamics metrics: {_rounded(last)})")
+        if cfg.planning:
+            from simulacra.plan.tasks import task_for
+            from simulacra.plan.train import train_planning
+
+            task = task_for(plan.config["preset"]["name"])
+            meta = train_planning(plan.ds, plan.train_eps, task, plan.run / "plan", cfg.plan_minutes, seed=cfg.seed,
+                                  writer=writer)  # fmt: skip
+            print(f"planning world saved to {plan.run / 'plan'} ({meta['steps']['jepa']} JEPA steps, "
+                  f"{meta['steps']['gcbc']} GCBC steps, {meta['train_seconds']:.0f} s)")  # fmt: skip
         if writer is not None:
             writer.close()
     if world_size > 1:

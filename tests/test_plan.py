@@ -1,0 +1,427 @@
+"""simulacra plan: the planners on worlds whose answer is known, the MPC loop against an oracle latent, the
+Push-T task against the real env, the planning world's training and loading, and the verb."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import save_file
+
+from simulacra.errors import SimulacraError
+from simulacra.models.gcbc import GCBC, GCBCConfig
+from simulacra.models.jepa import JEPA, JEPAConfig, vicreg_terms
+from simulacra.plan import planners
+from simulacra.plan.agent import MPCConfig, Planner, run_episode
+from simulacra.plan.benchmark import RandomFeatures, wilson
+from simulacra.plan.tasks import PushT, draw_episodes, locate_agent
+
+
+# ---- planners on a world whose answer is known -------------------------------------------------------
+def _point_world(z_D, actions_NHA):
+    """z' = z + a: the best plan is any whose actions sum to goal - start."""
+    return z_D + torch.cumsum(actions_NHA, 1)
+
+
+@pytest.mark.parametrize("name", planners.PLANNERS)
+def test_planner_reaches_a_known_goal(name):
+    goal = torch.tensor([1.5, -2.0])
+    cost = planners.latent_cost(goal)
+    g = torch.Generator().manual_seed(0)
+    best, info = getattr(planners, name)(
+        _point_world, cost, torch.zeros(2), 4, [-1, -1], [1, 1], planners.Search(samples=200, iters=20), g
+    )
+    assert best.shape == (4, 2)
+    assert (best.abs() <= 1 + 1e-6).all(), "a plan left the action bounds"
+    assert torch.allclose(best.sum(0), goal, atol=0.15), best.sum(0)
+    # one iteration of blind sampling is the baseline the search must beat
+    _, blind = planners.cem(
+        _point_world, cost, torch.zeros(2), 4, [-1, -1], [1, 1], planners.Search(samples=200, iters=1), g
+    )
+    assert info["cost"] < blind["cost"] / 5
+
+
+def test_planner_cannot_reach_an_unreachable_goal():
+    """Bounds hold: a goal 10 away with 4 steps of at most 1 ends at the boundary, cost > 0."""
+    goal = torch.tensor([10.0, 0.0])
+    best, info = planners.cem(_point_world, planners.latent_cost(goal), torch.zeros(2), 4, [-1, -1], [1, 1],
+                              planners.Search(samples=100, iters=10), torch.Generator().manual_seed(0))  # fmt: skip
+    assert (best.abs() <= 1 + 1e-6).all() and best[:, 0].sum() > 3.9
+    assert 36.0 - 1e-4 <= info["cost"] < 37.0  # (10 - 4)^2 is the least any in-bounds plan can cost
+
+
+def test_cem_discrete_finds_the_sequence():
+    """A 1-D walk (0: left, 1: stay, 2: right): the goal 3 steps right needs exactly three 'right' of 5 moves
+    summing to +3 -- the search must find a sequence with that sum."""
+
+    def rollout(z, onehot_NHA):
+        step = onehot_NHA @ torch.tensor([-1.0, 0.0, 1.0])
+        return (z + torch.cumsum(step, 1))[..., None]
+
+    best, info = planners.cem_discrete(rollout, planners.latent_cost(torch.tensor([3.0])), torch.zeros(1), 5, 3,
+                                       planners.Search(samples=100, iters=10), torch.Generator().manual_seed(0))  # fmt: skip
+    assert (best - 1).sum() == 3 and info["cost"] == 0
+
+
+def test_warm_start_shifts_and_fills():
+    prev = torch.arange(10.0).view(5, 2)
+    w = planners.warm_start(prev, 2, torch.tensor([-1.0, -1.0]))
+    assert w.tolist() == [[4, 5], [6, 7], [8, 9], [-1, -1], [-1, -1]]
+    assert planners.warm_start(None, 1, torch.zeros(2)) is None
+
+
+def test_latent_cost_along_prefers_reaching_sooner():
+    goal = torch.zeros(2)
+    early = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    late = torch.tensor([[[3.0, 0.0], [0.0, 0.0]]])
+    assert planners.latent_cost(goal)(early) == planners.latent_cost(goal)(late)
+    assert planners.latent_cost(goal, along=1.0)(early) < planners.latent_cost(goal, along=1.0)(late)
+
+
+def test_wilson_interval():
+    lo, hi = wilson(80, 100)
+    assert 0.70 < lo < 0.72 and 0.86 < hi < 0.88
+    assert wilson(0, 10)[0] == 0 and wilson(10, 10)[1] == 1
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+# ---- the JEPA and GCBC models ---------------------------------------------------------------------------
+def test_vicreg_penalises_collapse():
+    collapsed = torch.ones(64, 8)
+    spread = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)) * 2
+    assert vicreg_terms(collapsed)[0] > 0.9
+    assert vicreg_terms(spread)[0] < 0.05
+    correlated = torch.randn(64, 1).expand(64, 8) * 2
+    assert vicreg_terms(correlated)[1] > 10 * vicreg_terms(spread)[1]
+
+
+def test_jepa_learns_a_moving_square():
+    """Frames of a square moved by the action: the predictor's error falls well below its start, and
+    the encodings do not collapse (VICReg variance term near 0)."""
+    torch.manual_seed(0)
+    cfg = JEPAConfig(action_dim=2, block=1, latent_dim=8, channels=8, hidden=64, layers=2, horizon=2)
+    model = JEPA(cfg, (32, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+
+    def batch():
+        pos = rng.integers(4, 20, size=(32, 2))
+        act = rng.integers(-2, 3, size=(32, 2, 2))
+        frames = np.zeros((32, 3, 3, 32, 32), np.uint8)
+        for b in range(32):
+            p = pos[b].copy()
+            for t in range(3):
+                frames[b, t, :, p[1] : p[1] + 6, p[0] : p[0] + 6] = 255
+                if t < 2:
+                    p = p + act[b, t]
+        return {"frames": torch.from_numpy(frames), "actions": torch.from_numpy(act / 2).float()}
+
+    first = None
+    for _ in range(100):
+        loss, m = model(batch())
+        first = first or m["pred"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert m["pred"] < first / 3, (first, m)
+    assert m["var"] < 0.2
+
+
+def test_gcbc_output_is_bounded_and_trainable():
+    model = GCBC(GCBCConfig(action_dim=4, block=2, channels=8, hidden=32), (32, 32))
+    f = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    out = model.act(f, f)
+    assert out.shape == (4, 4) and out.abs().max() <= 1
+    loss, m = model({"frame": f, "goal": f, "actions": torch.zeros(4, 4)})
+    loss.backward()
+    assert m["mse"] >= 0 and all(p.grad is not None for p in model.parameters())
+
+
+# ---- Push-T against the real env -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pusht_data(tmp_path_factory):
+    from simulacra.data.record import RecordConfig, record_episodes
+
+    root = tmp_path_factory.mktemp("plan") / "pusht"
+    return record_episodes(
+        RecordConfig(preset="pusht", episodes=3, seed=5, out=str(root), max_episode_steps=60, num_envs=1)
+    )
+
+
+@pytest.fixture(scope="module")
+def pusht_env():
+    from simulacra.data.envs import make_env
+
+    task = PushT()
+    env = make_env(task.env_id, task.env_kwargs, (64, 64), "auto", None, None, "stretch", task.state_reader)
+    yield env
+    env.close()
+
+
+def test_reset_to_reproduces_the_recorded_frame(pusht_data, pusht_env):
+    """gym-pusht's legacy state setter moves the block when it turns it; reset_to undoes that, so the
+    frame at a recorded state is the recorded frame, pixel for pixel."""
+    from simulacra.data.store import Dataset
+
+    ds, task = Dataset.open(pusht_data), PushT()
+    s = ds.arrays(1)["state"]
+    for t in (0, 17, 40):
+        frame = task.reset_to(pusht_env, s[t])
+        assert np.array_equal(frame, ds.frames(1, t, t + 1)[0]), t
+        assert np.allclose(task.state(pusht_env)[4:7], s[t, 4:7], atol=1e-3)
+
+
+def test_replaying_the_recording_reaches_its_goal(pusht_data, pusht_env):
+    """The oracle row of the protocol: the recorded actions from the start state reach the goal 25 steps
+    later (the env is deterministic), random actions mostly do not."""
+    from simulacra.data.store import Dataset
+
+    ds, task = Dataset.open(pusht_data), PushT()
+    eps = draw_episodes(ds, 6, 25, seed=0)
+    replay_wins = 0
+    for ep in eps:
+        actions = ds.arrays(ep.episode)["action"][ep.start : ep.start + 25]
+        task.reset_to(pusht_env, ep.start_state)
+        for a in actions:
+            pusht_env.step(a)
+        replay_wins += task.success(task.state(pusht_env), ep.goal_state)
+    assert replay_wins == len(eps)
+
+
+def test_success_test_and_action_features():
+    task = PushT()
+    goal = np.array([100, 100, 0, 0, 200, 200, 0.1])
+    assert task.success(goal.copy(), goal)
+    assert not task.success(goal + [21, 0, 0, 0, 0, 0, 0], goal)
+    assert not task.success(goal + [0, 0, 0, 0, 0, 21, 0], goal)
+    assert not task.success(goal + [0, 0, 0, 0, 0, 0, math.pi / 9 + 0.01], goal)
+    assert task.success(goal + [0, 0, 0, 0, 0, 0, 2 * math.pi], goal), "angles wrap"
+    state = np.array([[250.0, 260.0]])
+    f = task.features(np.array([[280.0, 230.0]]), state)
+    assert np.allclose(f, [[1.0, -1.0]])
+    assert np.allclose(task.to_env(f[0], state[0]), [280, 230])
+    assert np.allclose(task.to_env(np.array([1.0, 1.0]), np.array([500.0, 500.0])), [512, 512]), "clipped"
+
+
+def test_agent_is_located_in_the_frame(pusht_data):
+    from simulacra.data.store import Dataset
+
+    ds = Dataset.open(pusht_data)
+    s, f = ds.arrays(0)["state"], ds.frames(0)
+    err = [np.linalg.norm(locate_agent(f[t]) - s[t, :2]) for t in range(0, 60, 5)]
+    assert np.median(err) < 6, err
+
+
+# ---- the MPC loop against an oracle latent --------------------------------------------------------------
+class OracleLatent:
+    """A 'planning world' that reads Push-T's agent from the frame and moves it by the relative target:
+    exact for the agent, blind to the block. Planning with it must put the agent on the goal."""
+
+    def __init__(self):
+        self.cfg = JEPAConfig(action_dim=10, block=5, decoder=False)
+
+    def eval(self):
+        return self
+
+    def encode(self, frames_BCHW, proprio_BP=None):
+        return torch.tensor(np.stack([locate_agent(f.permute(1, 2, 0).numpy()) / 30.0 for f in frames_BCHW]),
+                            dtype=torch.float32)  # fmt: skip
+
+    def rollout(self, z_BD, actions_BHA):
+        # gym-pusht's critically damped PD controller (kp 100, kv 20, 0.1 s a step) chasing a target d ahead
+        # settles at 5 d per second: about half the offset per step
+        step = actions_BHA.view(*actions_BHA.shape[:2], 5, 2).sum(2) * 0.5
+        return z_BD[:, None] + torch.cumsum(step, 1)
+
+
+def test_mpc_with_an_oracle_latent_moves_the_agent_to_the_goal(pusht_data, pusht_env):
+    from simulacra.data.store import Dataset
+
+    ds, task = Dataset.open(pusht_data), PushT()
+    ep = draw_episodes(ds, 1, 25, seed=3)[0]
+    cfg = MPCConfig(search=planners.Search(samples=100, elites=10, iters=10))
+    planner = Planner(OracleLatent(), task, ep.goal_frame, cfg, seed=0)
+    r = run_episode(pusht_env, task, planner, ep, budget=40, judge=False)
+    planned = np.linalg.norm(r["final_state"][:2] - ep.goal_state[:2])
+    rand = run_episode(pusht_env, task, RandomFeatures(task), ep, budget=40, judge=False)
+    at_random = np.linalg.norm(rand["final_state"][:2] - ep.goal_state[:2])
+    start = np.linalg.norm(ep.start_state[:2] - ep.goal_state[:2])
+    assert planned < PushT.POS_TOL < start, (planned, start)
+    assert planned < at_random
+    assert len(r["plan_seconds"]) == 8 and planner.plan_at == list(range(0, 40, 5))
+
+
+def test_planner_is_a_policy():
+    from simulacra.world.policy import Policy
+
+    planner = Planner(OracleLatent(), PushT(), np.zeros((64, 64, 3), np.uint8), MPCConfig())
+    assert isinstance(planner, Policy)
+    frame = np.full((1, 64, 64, 3), 255, np.uint8)
+    frame[0, 30:33, 30:33] = (65, 105, 225)
+    a = planner.act(frame)  # frames only: the agent is found in the picture
+    assert a.shape == (2,) and ((a >= 0) & (a <= 512)).all()
+
+
+# ---- training, loading, the verb --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plan_run(pusht_data, tmp_path_factory):
+    from simulacra.data.store import Dataset
+    from simulacra.plan.train import train_planning
+
+    run = tmp_path_factory.mktemp("plan") / "run"
+    ds = Dataset.open(pusht_data)
+    meta = train_planning(ds, [0, 1], PushT(), run / "plan", None, steps=12, batch_size=8)
+    assert meta["steps"] == {"jepa": 12, "gcbc": 12}
+    return run
+
+
+def test_load_planning_round_trip(plan_run):
+    from simulacra.plan.train import load_planning
+
+    jepa, gcbc, meta = load_planning(plan_run)
+    assert meta["task"] == "pusht" and isinstance(jepa, JEPA) and isinstance(gcbc, GCBC)
+    assert not jepa.training
+
+
+def _copy_run(plan_run, tmp_path):
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(plan_run / "plan", dst / "plan", ignore=shutil.ignore_patterns("checkpoints"))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: (p / "plan.json").unlink(), "no planning world here"),
+        (lambda p: (p / "plan.json").write_text("{nope"), "not valid JSON"),
+        (lambda p: (p / "plan.json").write_text("[1, 2]"), "must hold a JSON object"),
+        (lambda p: _edit(p, lambda m: m["jepa"].update(extra=1)), "jepa.extra is not a known field"),
+        (lambda p: _edit(p, lambda m: m["gcbc"].pop("channels")), "gcbc.channels is missing"),
+        (lambda p: _edit(p, lambda m: m["jepa"].update(latent_dim=0)), "jepa.latent_dim must be at least 1"),
+        (lambda p: _edit(p, lambda m: m["jepa"].update(latent_dim=32)), "does not hold this model's weights"),
+        (lambda p: _edit(p, lambda m: m.update(frame_shape=[60, 60, 3])), "not a multiple of 16"),
+        (lambda p: _edit(p, lambda m: m.update(frame_shape="big")), "three positive integers"),
+        (lambda p: (p / "jepa.safetensors").unlink(), "jepa.safetensors: missing"),
+        (lambda p: (p / "gcbc.safetensors").write_bytes(b"\x80\x04pickle"), "does not hold this model's weights"),
+        (lambda p: save_file({"x": torch.zeros(1)}, str(p / "jepa.safetensors")), "does not hold this model's weights"),
+    ],
+)
+def test_load_planning_refuses_damaged_runs(plan_run, tmp_path, damage, message):
+    from simulacra.plan.train import load_planning
+
+    run = _copy_run(plan_run, tmp_path)
+    damage(run / "plan")
+    with pytest.raises(SimulacraError, match=message):
+        load_planning(run)
+
+
+def _edit(folder, change):
+    meta = json.loads((folder / "plan.json").read_text())
+    change(meta)
+    (folder / "plan.json").write_text(json.dumps(meta))
+
+
+def test_plan_verb_with_a_goal_image_writes_a_video(plan_run, pusht_data, capsys, tmp_path):
+    from PIL import Image
+
+    from simulacra.data.store import Dataset
+
+    goal = tmp_path / "goal.png"
+    Image.fromarray(Dataset.open(pusht_data).frames(0, 30, 31)[0]).resize((128, 128)).save(goal)
+    code, out, err = run_cli(capsys, "plan", plan_run, "--goal", goal, "--steps", "7", "--iters", "2",
+                             "--samples", "16", "--elites", "4", "--out", tmp_path / "o")  # fmt: skip
+    assert code == 0, err
+    assert "7 env steps with cem" in out and "2 plans" in out
+    import imageio.v3 as iio
+
+    video = iio.imread(tmp_path / "o" / "plan-seed0.mp4")
+    assert video.shape[0] == 8 and video.shape[2] == 3 * 256 + 8  # real | goal | imagined, 4x, 8 frames
+
+
+def test_plan_benchmark_table_and_json(plan_run, pusht_data, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "plan", plan_run, "--benchmark", "pusht", "--data", pusht_data, "--heldout",
+                             pusht_data, "--episodes", "2", "--steps", "6", "--iters", "2", "--samples", "16",
+                             "--elites", "4", "--videos", "1", "--out", tmp_path / "b")  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "b" / "benchmark-pusht.json").read_text())
+    assert set(report["methods"]) == {"cem", "mppi", "gradient", "gcbc", "random"}
+    for row in report["methods"].values():
+        assert row["episodes"] == 2 and 0 <= row["ci95"][0] <= row["success"] <= row["ci95"][1] <= 1
+    assert report["methods"]["cem"]["seconds_per_plan"] > 0
+    assert (tmp_path / "b" / "benchmark-pusht-cem-0.mp4").is_file()
+    for m in ("cem", "gcbc", "random"):
+        assert m in out and "success" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--planner", "astar", "--goal", "x.png"], "--planner must be one of"),
+        (["--elites", "400", "--goal", "x.png"], "cannot exceed --samples"),
+        (["--horizon", "0", "--goal", "x.png"], "--horizon must be a positive integer"),
+        ([], "give --goal IMAGE"),
+        (["--goal", "/nonexistent.png"], "no such file"),
+        (["--benchmark", "chess"], "no planning task for the preset 'chess'"),
+        (["--methods", "cem", "oracle", "--benchmark", "pusht"], "unknown --methods"),
+    ],
+)
+def test_plan_bad_options(plan_run, capsys, args, message):
+    code, out, err = run_cli(capsys, "plan", plan_run, *args)
+    assert code != 0 and message in err, err
+
+
+def test_plan_refuses_a_goal_that_is_not_a_picture(plan_run, capsys, tmp_path):
+    bad = tmp_path / "goal.png"
+    bad.write_bytes(b"not a picture at all")
+    code, _, err = run_cli(capsys, "plan", plan_run, "--goal", bad)
+    assert code != 0 and "--goal" in err
+
+
+def test_plan_on_a_run_without_a_planning_world(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "plan", tmp_path, "--goal", tmp_path / "g.png")
+    assert code != 0 and "no planning world here" in err, err
+
+
+def test_draw_episodes_needs_state(tmp_path):
+    from conftest import make_synthetic
+
+    from simulacra.data.store import Dataset
+
+    make_synthetic(tmp_path / "ds")
+    with pytest.raises(SimulacraError, match="no state per frame"):
+        draw_episodes(Dataset.open(tmp_path / "ds"), 3)
+
+
+def test_train_planning_trains_both_worlds_into_one_run(pusht_data, capsys, tmp_path):
+    """`train --planning`: the pixel world and, beside it, the planning world that `plan` loads."""
+    from simulacra.plan.train import load_planning
+    from simulacra.world import World
+
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--data", pusht_data, "--out", out, "--size", "debug",
+                                "--dyn-steps", "2", "--no-tensorboard", "--planning", "--plan-minutes", "0.05",
+                                "--holdout", "0.34")  # fmt: skip
+    assert code == 0, err
+    assert "planning world saved to" in stdout
+    World.load(out)
+    jepa, _, meta = load_planning(out)
+    assert meta["task"] == "pusht" and jepa.cfg.proprio_dim == 2
+    assert meta["steps"]["jepa"] >= 1
+    train_eps = json.loads((out / "config.json").read_text())["train_episodes"]
+    assert len(train_eps) == 2, "the planning world trains on the pixel world's training episodes only"
+
+
+def test_train_planning_refuses_a_world_without_a_task(capsys, tmp_path):
+    from conftest import make_synthetic
+
+    make_synthetic(tmp_path / "ds", frame=64)
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "ds", "--out", tmp_path / "run", "--size", "debug",
+                           "--planning")  # fmt: skip
+    assert code != 0 and "no planning task for the preset" in err
+    assert not (tmp_path / "run").exists(), "refused before anything was trained or written"
