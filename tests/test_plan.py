@@ -425,3 +425,64 @@ def test_train_planning_refuses_a_world_without_a_task(capsys, tmp_path):
                            "--planning")  # fmt: skip
     assert code != 0 and "no planning task for the preset" in err
     assert not (tmp_path / "run").exists(), "refused before anything was trained or written"
+
+
+# ---- navigation: MiniGrid FourRooms --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rooms_data(tmp_path_factory):
+    from simulacra.data.record import RecordConfig, record_episodes
+
+    root = tmp_path_factory.mktemp("plan") / "rooms"
+    return record_episodes(
+        RecordConfig(preset="fourrooms", episodes=3, seed=7, out=str(root), max_episode_steps=40, num_envs=1)
+    )
+
+
+def test_fourrooms_reset_to_rebuilds_the_recorded_state(rooms_data):
+    """The recording's seed rebuilds the layout, the agent's cell and heading are set: the frame is the
+    recorded one, and replaying the recorded actions reaches the goal cell 25 steps later."""
+    from simulacra.data.envs import make_env
+    from simulacra.data.store import Dataset
+    from simulacra.plan.tasks import FourRooms
+
+    ds, task = Dataset.open(rooms_data), FourRooms()
+    env = make_env(task.env_id, task.env_kwargs, (64, 64), "render", None, None, "stretch", task.state_reader)
+    try:
+        for ep in draw_episodes(ds, 4, 10, seed=0):
+            assert ep.seed == ds.episodes[ep.episode].seed
+            frame = task.reset_to(env, ep.start_state, ep.seed)
+            assert np.array_equal(frame, ds.frames(ep.episode, ep.start, ep.start + 1)[0])
+            assert np.array_equal(task.agent_xy(None, ep.goal_frame), ep.goal_state[:2]), "found in the picture"
+            for a in ds.arrays(ep.episode)["action"][ep.start : ep.start + 10]:
+                env.step(int(a))
+            assert task.success(task.state(env), ep.goal_state)
+        wrong = task.reset_to(env, ep.start_state, (ep.seed or 0) + 1)  # another seed: another layout
+        assert not np.array_equal(wrong, ds.frames(ep.episode, ep.start, ep.start + 1)[0])
+    finally:
+        env.close()
+
+
+def test_fourrooms_features_and_success():
+    from simulacra.plan.tasks import FourRooms
+
+    task = FourRooms()
+    f = task.features(np.array([2, 0, 1]), np.zeros((3, 3)))
+    assert f.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    assert [task.to_env(row) for row in f] == [2, 0, 1]
+    assert task.success(np.array([3, 4, 0]), np.array([3, 4, 2])), "the heading does not count"
+    assert not task.success(np.array([3, 5, 0]), np.array([3, 4, 0]))
+
+
+def test_planner_plans_discrete_actions(rooms_data):
+    """On a discrete task the planner searches categorical sequences (cem_discrete) and answers with
+    env actions of the space; the queued plan is one-hot features."""
+    from simulacra.data.store import Dataset
+    from simulacra.plan.tasks import FourRooms
+
+    ds, task = Dataset.open(rooms_data), FourRooms()
+    jepa = JEPA(JEPAConfig(action_dim=15, block=5, channels=8, hidden=32, layers=1, proprio_dim=2, decoder=False))
+    frame = ds.frames(0, 0, 1)
+    planner = Planner(jepa, task, frame[0], MPCConfig(search=planners.Search(samples=16, elites=4, iters=2)))
+    a = planner.act(frame, np.array([3.0, 3.0]))
+    assert isinstance(a, int) and 0 <= a < 3
+    assert all(sorted(q.tolist()) == [0, 0, 1] for q in planner.queue)

@@ -23,7 +23,7 @@ from simulacra.spaces import ActionSpace
 for _module in ("ale_py", "Box2D", "vizdoom", "gym_pusht", "crafter", "minigrid"):
     pytest.importorskip(_module)
 
-WORLDS = ["breakout", "pong", "carracing", "doom", "pusht", "crafter", "minigrid"]
+WORLDS = ["breakout", "pong", "carracing", "doom", "pusht", "crafter", "minigrid", "fourrooms"]
 STEPS = 40
 
 
@@ -133,6 +133,8 @@ DIRECTIONS = {
     # directions 0..3 = +x, +y, -x, -y (y down): left is anticlockwise on screen, one less
     "minigrid": ("ArrowLeft", "ArrowRight", lambda e, f: e.unwrapped.agent_dir,
                  lambda start, a, b: a == (start - 1) % 4 and b == (start + 1) % 4),
+    "fourrooms": ("ArrowLeft", "ArrowRight", lambda e, f: e.unwrapped.agent_dir,
+                  lambda start, a, b: a == (start - 1) % 4 and b == (start + 1) % 4),
 }  # fmt: skip
 
 
@@ -167,7 +169,7 @@ def test_keys_change_what_happens_the_right_way(preset):
         start = probe(envs[0], frame)
         frames, probes = [], []
         for env, key in zip(envs, (key_a, key_b), strict=True):
-            for _ in range(1 if preset == "minigrid" else 8):
+            for _ in range(1 if preset in ("minigrid", "fourrooms") else 8):
                 if p.keys_relative:  # Push-T: the key moves the target from where the pusher is
                     action = np.clip(np.asarray(env.unwrapped.agent.position) + 3 * np.asarray(p.keys[key]), 0, 512)
                     action = action.astype(np.float32)

@@ -151,6 +151,20 @@ PRESETS: dict[str, WorldPreset] = {
             description="Crafter open-world survival (17 actions)",
         ),
         WorldPreset(
+            name="fourrooms",
+            env_id="MiniGrid-FourRooms-v0",
+            env_kwargs={"max_steps": 200},
+            frame_source="render",
+            max_episode_steps=200,
+            policy="minigrid",
+            # walks to random cells by breadth-first search (through the gaps); random steps only turn or go
+            policy_kwargs={"sticky": 0.3, "weights": [1, 1, 2, 0, 0, 0, 0]},
+            keys={"ArrowLeft": 0, "ArrowRight": 1, "ArrowUp": 2},
+            noop_action=6,
+            fps=6,
+            description="MiniGrid FourRooms, full rendered view, explorer walking between rooms (plan's navigation task)",
+        ),
+        WorldPreset(
             name="minigrid",
             env_id="MiniGrid-DoorKey-8x8-v0",
             frame_source="render",

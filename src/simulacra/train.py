@@ -190,7 +190,7 @@ class TrainConfig:
     """Write TensorBoard logs to <run>/tb."""
     planning: bool = False
     """Also train the planning world (a JEPA latent for `simulacra plan`) and its GCBC baseline into
-    <run>/plan, after the pixel world. Needs recorded states and a preset with a planning task (pusht)."""
+    <run>/plan, after the pixel world. Needs recorded states and a preset with a planning task (pusht, fourrooms)."""
     plan_minutes: float = 20.0
     """Wall-clock budget of the planning world and GCBC (80 / 20), on top of --minutes."""
     max_params: int = 1_000_000_000

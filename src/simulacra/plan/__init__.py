@@ -45,7 +45,7 @@ class PlanConfig:
     along: float = 1.0
     """Cost weight of the steps before the horizon's last (0: the last step only; see docs/plan.md)."""
     benchmark: str | None = None
-    """Run the protocol on a task (pusht): record and train what is missing, then every method over
+    """Run the protocol on a task (pusht, fourrooms): record and train what is missing, then every method over
     --episodes start/goal pairs; prints a table with 95% intervals and writes JSON and videos."""
     episodes: int = 100
     """Benchmark: start/goal pairs (goal 25 steps after the start in held-out recordings)."""

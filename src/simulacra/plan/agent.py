@@ -88,9 +88,18 @@ class Planner:
         cost = planners.latent_cost(self.goal_D, cfg.along, weights)
         shift = max(1, cfg.replan // self.block)
         mean = planners.warm_start(self.previous, shift, torch.zeros(A))
-        fn = getattr(planners, cfg.planner)
-        std = torch.full((A,), (self.task.high - self.task.low) / 4)
-        best_HA, _ = fn(rollout, cost, z_D, cfg.horizon, low, high, cfg.search, self.gen, mean, std)
+        if getattr(self.task, "discrete", False):  # one categorical choice per env step, blocks concatenated
+            n, H = self.task.feature_dim, cfg.horizon
+
+            def blocks(z, onehot_NTn):
+                return rollout(z, onehot_NTn.reshape(len(onehot_NTn), H, -1))
+
+            idx, _ = planners.cem_discrete(blocks, cost, z_D, H * self.block, n, cfg.search, self.gen)
+            best_HA = torch.nn.functional.one_hot(idx, n).to(z_D.dtype).reshape(H, -1)
+        else:
+            fn = getattr(planners, cfg.planner)
+            std = torch.full((A,), (self.task.high - self.task.low) / 4)
+            best_HA, _ = fn(rollout, cost, z_D, cfg.horizon, low, high, cfg.search, self.gen, mean, std)
         self.previous = best_HA.detach()
         with torch.no_grad():
             self.imagined.append(rollout(z_D, best_HA[None])[0])
@@ -112,7 +121,7 @@ class Planner:
 def run_episode(env, task, policy, ep: Episode, budget: int = 50, seed: int = 0, judge: bool = True) -> dict:
     """Set the env to the start, let ``policy`` act for up to ``budget`` steps; success on the true state
     (``judge``: stop at the first success; without a goal state, run the whole budget)."""
-    frame = task.reset_to(env, ep.start_state)
+    frame = task.reset_to(env, ep.start_state, ep.seed)
     if hasattr(policy, "set_goal"):
         policy.set_goal(ep.goal_frame)
     policy.reset(seed)

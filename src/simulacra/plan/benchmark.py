@@ -112,6 +112,9 @@ def run_benchmark(cfg) -> dict:
     rows = {}
     try:
         for method in cfg.methods:
+            if getattr(task, "discrete", False) and method in ("mppi", "gradient"):
+                print(f"{method:<9} skipped: {task.name} has discrete actions (CEM plans them)", flush=True)
+                continue
             results, t0 = [], time.perf_counter()
             for k, ep in enumerate(eps):
                 if method == "gcbc":

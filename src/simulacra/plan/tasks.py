@@ -36,6 +36,8 @@ class Episode:
     goal_state: np.ndarray
     goal_frame: np.ndarray
     """(H, W, 3) uint8."""
+    seed: int | None = None
+    """The recording episode's reset seed (MiniGrid: its layout)."""
 
 
 def draw_episodes(ds: Dataset, n: int, offset: int = 25, seed: int = 0) -> list[Episode]:
@@ -51,11 +53,8 @@ def draw_episodes(ds: Dataset, n: int, offset: int = 25, seed: int = 0) -> list[
         i = eligible[k % len(eligible)] if n <= len(eligible) else int(rng.choice(eligible))
         t = int(rng.integers(0, ds.episodes[i].length - offset + 1))
         s = ds.arrays(i)["state"]
-        out.append(
-            Episode(
-                i, t, np.array(s[t]), np.array(s[t + offset]), np.array(ds.frames(i, t + offset, t + offset + 1)[0])
-            )
-        )
+        goal = np.array(ds.frames(i, t + offset, t + offset + 1)[0])
+        out.append(Episode(i, t, np.array(s[t]), np.array(s[t + offset]), goal, ds.episodes[i].seed))
     return out
 
 
@@ -104,7 +103,7 @@ class PushT:
             return np.array(env.unwrapped.agent.position, dtype=np.float64)
         return locate_agent(frame)
 
-    def reset_to(self, env, state: np.ndarray) -> np.ndarray:
+    def reset_to(self, env, state: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Set the env to a recorded state: agent (x, y), block (x, y, angle); returns the frame.
         gym-pusht sets the block's position before its angle, and the rotation turns the body about its
         centre of gravity, which moves ``block.position``: shift the requested position to undo that."""
@@ -145,7 +144,74 @@ def locate_agent(frame: np.ndarray) -> np.ndarray:
     return np.array([(xs.mean() + 0.5) * 512 / w, (ys.mean() + 0.5) * 512 / h])
 
 
-TASKS = {"pusht": PushT}
+class FourRooms:
+    """MiniGrid FourRooms, the full grid rendered at 64x64: four rooms joined by one-cell gaps whose
+    places (and the green square's) depend on the reset seed. Navigation with walls: the goal is the
+    agent's cell 25 explorer steps later, often in another room. Chosen over a ViZDoom maze because its
+    state can be set exactly (the recording's seed rebuilds the layout; the agent's cell and heading are
+    attributes) and it renders in a millisecond."""
+
+    name = "fourrooms"
+    env_id = "MiniGrid-FourRooms-v0"
+    env_kwargs = {"max_steps": 200}
+    state_reader = "minigrid"
+    feature_dim = 3
+    """One-hot over turn left, turn right, forward (the other actions do nothing here)."""
+    proprio_dim = 2
+    PROPRIO_SCALE = 0.5
+    """The agent's cell / this is its proprioception: one cell off costs 4."""
+    low, high = 0.0, 1.0
+    discrete = True
+    GRID = 19
+
+    def features(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
+        a = np.asarray(action).astype(np.int64)
+        return (a[:, None] == np.arange(self.feature_dim)[None]).astype(np.float32)
+
+    def to_env(self, feature: np.ndarray, agent_xy=None) -> int:
+        return int(np.argmax(feature))
+
+    def proprio(self, states_TS: np.ndarray) -> np.ndarray:
+        return (np.asarray(states_TS, np.float64)[..., :2] / self.PROPRIO_SCALE).astype(np.float32)
+
+    def agent_xy(self, env, frame: np.ndarray | None = None) -> np.ndarray:
+        if env is not None:
+            return np.array(env.unwrapped.agent_pos, dtype=np.float64)
+        f = frame.astype(np.int16)
+        red = (f[..., 0] > 150) & (f[..., 1] < 80) & (f[..., 2] < 80)
+        if not red.any():
+            return np.array([self.GRID / 2, self.GRID / 2])
+        ys, xs = np.nonzero(red)
+        h, w = frame.shape[:2]
+        return np.floor([(xs.mean() + 0.5) * self.GRID / w, (ys.mean() + 0.5) * self.GRID / h])
+
+    def mark(self, frame: np.ndarray, proprio: np.ndarray) -> np.ndarray:
+        out = frame.copy()
+        h, w = out.shape[:2]
+        x, y = np.asarray(proprio, np.float64)[:2] * self.PROPRIO_SCALE
+        cy, cx = int((y + 0.5) * h / self.GRID), int((x + 0.5) * w / self.GRID)
+        out[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2] = (255, 0, 0)
+        return out
+
+    def reset_to(self, env, state: np.ndarray, seed: int | None = None) -> np.ndarray:
+        env.reset(seed=seed)  # the layout is the seed's
+        u = env.unwrapped
+        u.agent_pos = (int(state[0]), int(state[1]))
+        u.agent_dir = int(state[2])
+        return env._frame(None)
+
+    def state(self, env) -> np.ndarray:
+        u = env.unwrapped
+        return np.array([*u.agent_pos, u.agent_dir], dtype=np.float64)
+
+    def errors(self, state: np.ndarray, goal: np.ndarray) -> dict[str, float]:
+        return {"cells": float(np.abs(np.asarray(state[:2]) - np.asarray(goal[:2])).sum())}
+
+    def success(self, state: np.ndarray, goal: np.ndarray) -> bool:
+        return self.errors(state, goal)["cells"] == 0
+
+
+TASKS = {"pusht": PushT, "fourrooms": FourRooms}
 
 
 def task_for(preset: str | None):
