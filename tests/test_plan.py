@@ -486,3 +486,43 @@ def test_planner_plans_discrete_actions(rooms_data):
     a = planner.act(frame, np.array([3.0, 3.0]))
     assert isinstance(a, int) and 0 <= a < 3
     assert all(sorted(q.tolist()) == [0, 0, 1] for q in planner.queue)
+
+
+def test_spatial_world_learns_and_reads_the_agent(rooms_data, tmp_path):
+    """The spatial planning world trains through train_planning (world = spatial in plan.json), loads
+    back the same, reads the agent's cell from a frame after training, and plans as a Planner's world."""
+    from simulacra.data.store import Dataset
+    from simulacra.models.spatial_jepa import SpatialJEPA, SpatialJEPAConfig
+    from simulacra.plan.tasks import FourRooms
+    from simulacra.plan.train import load_planning, train_planning
+
+    ds, task = Dataset.open(rooms_data), FourRooms()
+    cfg = SpatialJEPAConfig(channels=4, hidden=8, unroll=3, decoder=False)
+    meta = train_planning(ds, list(range(len(ds))), task, tmp_path / "plan", None, steps=150, batch_size=16,
+                          jepa_cfg=cfg)  # fmt: skip
+    assert meta["world"] == "spatial" and meta["jepa"]["grid"] == 19
+    jepa, _, _ = load_planning(tmp_path)
+    assert isinstance(jepa, SpatialJEPA)
+    a = ds.arrays(0)
+    frames = torch.from_numpy(np.array(ds.frames(0))).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        read = jepa.position(jepa.encode(frames)) * task.PROPRIO_SCALE
+    err = (read - torch.from_numpy(a["state"][:, :2]).float()).abs().sum(-1).mean()
+    # an untrained readout sits near the grid's centre: several cells off on average
+    untrained = SpatialJEPA(cfg)
+    with torch.no_grad():
+        base = (untrained.position(untrained.encode(frames)) * task.PROPRIO_SCALE
+                - torch.from_numpy(a["state"][:, :2]).float()).abs().sum(-1).mean()  # fmt: skip
+    assert err < 0.5 * base, (float(err), float(base))
+    planner = Planner(
+        jepa, task, ds.frames(0, 5, 6)[0], MPCConfig(search=planners.Search(samples=8, elites=2, iters=2))
+    )
+    act = planner.act(ds.frames(0, 0, 1), None)
+    assert isinstance(act, int) and 0 <= act < 3 and planner.imagined[0].shape == (5, jepa.state_dim)
+
+
+def test_spatial_world_refuses_mismatched_action_sizes():
+    from simulacra.models.spatial_jepa import SpatialJEPAConfig
+
+    assert dict(SpatialJEPAConfig(action_dim=10, block=5, feature_dim=3).problems())["action_dim"]
+    assert dict(SpatialJEPAConfig(position_scale=0).problems())["position_scale"]

@@ -47,16 +47,26 @@ class Planner:
         self.set_goal(goal_frame)
         self.reset(seed)
 
+    def _proprio_dim(self) -> int:
+        return getattr(self.jepa.cfg, "proprio_dim", 0)
+
+    def _features(self, z_ND: torch.Tensor) -> torch.Tensor:
+        """What the cost compares: the encoding itself, or what the world reads from it (the spatial
+        world's agent position)."""
+        read = getattr(self.jepa, "cost_features", None)
+        return z_ND if read is None else read(z_ND)
+
     def _encode(self, frame_HWC: np.ndarray, agent_xy: np.ndarray) -> torch.Tensor:
         proprio = None
-        if self.jepa.cfg.proprio_dim:
+        if self._proprio_dim():
             proprio = torch.from_numpy(self.task.proprio(np.asarray(agent_xy, np.float64)[None]))
         with torch.no_grad():
             return self.jepa.encode(torch.from_numpy(np.array(frame_HWC)).permute(2, 0, 1)[None], proprio)[0]
 
     def set_goal(self, goal_frame: np.ndarray) -> None:
         # a goal picture carries no state: the goal's agent is found in it
-        self.goal_D = self._encode(goal_frame, self.task.agent_xy(None, goal_frame))
+        with torch.no_grad():
+            self.goal_D = self._features(self._encode(goal_frame, self.task.agent_xy(None, goal_frame))[None])[0]
 
     def reset(self, seed: int | None = None) -> None:
         self.gen = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
@@ -82,10 +92,14 @@ class Planner:
             return j.rollout(z.expand(len(actions_NHA), -1), actions_NHA)
 
         weights = None
-        if j.cfg.proprio_dim and cfg.proprio_weight != 1.0:
+        if self._proprio_dim() and cfg.proprio_weight != 1.0:
             weights = torch.ones(len(self.goal_D))
             weights[j.cfg.latent_dim :] = cfg.proprio_weight
-        cost = planners.latent_cost(self.goal_D, cfg.along, weights)
+        base = planners.latent_cost(self.goal_D, cfg.along, weights)
+
+        def cost(z_NHD):
+            return base(self._features(z_NHD))
+
         shift = max(1, cfg.replan // self.block)
         mean = planners.warm_start(self.previous, shift, torch.zeros(A))
         if getattr(self.task, "discrete", False):  # one categorical choice per env step, blocks concatenated

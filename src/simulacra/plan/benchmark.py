@@ -137,7 +137,7 @@ def run_benchmark(cfg) -> dict:
         "task": task.name,
         "protocol": {"episodes": len(eps), "goal_offset": OFFSET, "env_steps": cfg.steps, "horizon": cfg.horizon,
                      "replan_every": cfg.replan, "action_block": jepa.cfg.block, "samples": cfg.samples,
-                     "elites": cfg.elites, "iters": cfg.iters, "along": cfg.along, "success": "agent and block within 20 px, angle within pi/9"},
+                     "elites": cfg.elites, "iters": cfg.iters, "along": cfg.along, "success": task.success_rule},
         "planning_world": {"train_seconds": meta.get("train_seconds"), "steps": meta.get("steps"),
                            "parameters": sum(p.numel() for p in jepa.parameters())},
         "host": host_line(),

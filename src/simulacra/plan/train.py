@@ -24,6 +24,11 @@ from simulacra.loop import Budget, LoopConfig, fit, step_indices
 from simulacra.models.common import dict_problems, from_dict
 from simulacra.models.gcbc import GCBC, GCBCConfig
 from simulacra.models.jepa import JEPA, JEPAConfig
+from simulacra.models.spatial_jepa import SpatialJEPA, SpatialJEPAConfig
+
+WORLDS = {"vector": (JEPAConfig, JEPA), "spatial": (SpatialJEPAConfig, SpatialJEPA)}
+"""The planning world families: one vector per frame (Push-T) or one vector per cell of the world's grid
+(FourRooms: where the gaps are changes with every layout; docs/plan.md)."""
 
 JEPA_SHARE = 0.8
 """Fraction of the budget the planning world gets; GCBC the rest (it converges much sooner)."""
@@ -58,6 +63,28 @@ def jepa_batches(frames: dict, feats: dict, proprio: dict, cfg: JEPAConfig, batc
     return get_batch
 
 
+def spatial_batches(frames: dict, feats: dict, proprio: dict, headings: dict, cfg: SpatialJEPAConfig,
+                    batch_size: int, seed: int):  # fmt: skip
+    """Runs of ``unroll`` + 1 consecutive frames with every env step's action features between them."""
+    K = cfg.unroll
+    index = np.array([(i, t) for i, f in frames.items() for t in range(len(f) - K)])
+    if len(index) == 0:
+        raise SimulacraError(f"no episode is longer than {K} steps (the spatial world's unroll)")
+
+    def get_batch(step: int, r: int, w: int) -> dict:
+        pick = index[step_indices(seed, 13, step, len(index), batch_size, r, w)]
+        out = {
+            "frames": torch.stack([frames[i][t : t + K + 1] for i, t in pick]),
+            "actions": torch.stack([feats[i][t : t + K] for i, t in pick]),
+            "proprio": torch.stack([proprio[i][t : t + K + 1] for i, t in pick]),
+        }
+        if headings:
+            out["heading"] = torch.stack([headings[i][t : t + K + 1] for i, t in pick])
+        return out
+
+    return get_batch
+
+
 def gcbc_batches(frames: dict, feats: dict, cfg: GCBCConfig, batch_size: int, seed: int):
     index = np.array([(i, t) for i, f in frames.items() for t in range(len(f) - cfg.block)])
     lengths = {i: len(f) - 1 for i, f in frames.items()}
@@ -84,7 +111,7 @@ def train_planning(
     steps: int = 100_000,
     batch_size: int = 64,
     seed: int = 0,
-    jepa_cfg: JEPAConfig | None = None,
+    jepa_cfg: JEPAConfig | SpatialJEPAConfig | None = None,
     gcbc_cfg: GCBCConfig | None = None,
     writer=None,
 ) -> dict:
@@ -93,18 +120,35 @@ def train_planning(
 
     t0 = time.time()
     block = 5
-    jepa_cfg = jepa_cfg or JEPAConfig(
-        action_dim=block * task.feature_dim, block=block, channels=16, proprio_dim=task.proprio_dim
-    )
+    world = getattr(task, "world", "vector")
+    if jepa_cfg is None and world == "spatial":
+        jepa_cfg = SpatialJEPAConfig(action_dim=block * task.feature_dim, block=block, feature_dim=task.feature_dim,
+                                     grid=task.GRID, position_scale=task.PROPRIO_SCALE)  # fmt: skip
+    elif jepa_cfg is None:
+        jepa_cfg = JEPAConfig(
+            action_dim=block * task.feature_dim, block=block, channels=16, proprio_dim=task.proprio_dim
+        )
+    world = "spatial" if isinstance(jepa_cfg, SpatialJEPAConfig) else "vector"
     gcbc_cfg = gcbc_cfg or GCBCConfig(action_dim=block * task.feature_dim, block=block)
     frames, feats, proprio = _episode_tensors(ds, episodes, task)
     deadline = None if not minutes else t0 + 60 * minutes
     torch.manual_seed(seed)
-    jepa = JEPA(jepa_cfg, ds.frame_shape[:2])
-    loop = LoopConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup=200, ckpt_every=500)
+    jepa = WORLDS[world][1](jepa_cfg, ds.frame_shape[:2])
+    if world == "spatial":
+        headings = (
+            {i: torch.from_numpy(task.heading(ds.arrays(i)["state"])) for i in episodes}
+            if hasattr(task, "heading")
+            else {}
+        )
+        jepa_bs = max(8, batch_size // 2)  # a map per frame: half the frames per batch keeps the step time level
+        batches = spatial_batches(frames, feats, proprio, headings, jepa_cfg, jepa_bs, seed)
+    else:
+        jepa_bs = batch_size
+        batches = jepa_batches(frames, feats, proprio, jepa_cfg, batch_size, seed)
+    loop = LoopConfig(steps=steps, batch_size=jepa_bs, lr=1e-3, warmup=200, ckpt_every=500)
     budget = None if deadline is None else Budget(t0 + JEPA_SHARE * (deadline - t0))
-    r1 = fit(jepa, jepa_batches(frames, feats, proprio, jepa_cfg, batch_size, seed), loop, out / "checkpoints" / "jepa",
-             "jepa", writer=writer, budget=budget)  # fmt: skip
+    r1 = fit(jepa, batches, loop, out / "checkpoints" / "jepa", "jepa", writer=writer, budget=budget)
+    loop = LoopConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup=200, ckpt_every=500)
     torch.manual_seed(seed + 1)
     gcbc = GCBC(gcbc_cfg, ds.frame_shape[:2])
     budget = None if deadline is None else Budget(deadline)
@@ -116,6 +160,7 @@ def train_planning(
     meta = {
         "task": task.name,
         "frame_shape": list(ds.frame_shape),
+        "world": world,
         "jepa": asdict(jepa_cfg),
         "gcbc": asdict(gcbc_cfg),
         "steps": {"jepa": r1.steps, "gcbc": r2.steps},
@@ -130,7 +175,7 @@ def train_planning(
     return meta
 
 
-def load_planning(folder: str | Path) -> tuple[JEPA, GCBC, dict]:
+def load_planning(folder: str | Path) -> tuple[JEPA | SpatialJEPA, GCBC, dict]:
     """The planning world and GCBC of ``<run>/plan`` (safetensors + plan.json, checked field by field)."""
     folder = Path(folder)
     if (folder / "plan").is_dir():
@@ -147,8 +192,11 @@ def load_planning(folder: str | Path) -> tuple[JEPA, GCBC, dict]:
         raise SimulacraError(f"{meta_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise SimulacraError(f"{meta_path}: must hold a JSON object")
+    world = meta.get("world", "vector")
+    if world not in WORLDS:
+        raise SimulacraError(f"{meta_path}: world must be one of {', '.join(WORLDS)}, not {world!r}")
     models = []
-    for key, cls, model_cls in (("jepa", JEPAConfig, JEPA), ("gcbc", GCBCConfig, GCBC)):
+    for key, cls, model_cls in (("jepa", *WORLDS[world]), ("gcbc", GCBCConfig, GCBC)):
         problems = dict_problems(cls, meta.get(key))
         if problems:
             field, what = problems[0]

@@ -34,8 +34,12 @@ def imagined_frames(result: dict, planner, jepa) -> list[np.ndarray | None]:
             continue
         b = min((t - starts[p]) // jepa.cfg.block, len(decoded[p]) - 1)
         frame = decoded[p][b]
-        if jepa.cfg.proprio_dim and hasattr(planner.task, "mark"):
-            frame = planner.task.mark(frame, plans[p][b, jepa.cfg.latent_dim :].numpy())
+        if hasattr(planner.task, "mark"):
+            if getattr(jepa.cfg, "proprio_dim", 0):
+                frame = planner.task.mark(frame, plans[p][b, jepa.cfg.latent_dim :].numpy())
+            elif hasattr(jepa, "position"):  # the spatial world: the position it reads from its map
+                with torch.no_grad():
+                    frame = planner.task.mark(frame, jepa.position(plans[p][b][None])[0].numpy())
         out.append(frame)
     return out
 
