@@ -307,6 +307,8 @@ def _copy_run(plan_run, tmp_path):
         (lambda p: _edit(p, lambda m: m["jepa"].update(latent_dim=32)), "does not hold this model's weights"),
         (lambda p: _edit(p, lambda m: m.update(frame_shape=[60, 60, 3])), "not a multiple of 16"),
         (lambda p: _edit(p, lambda m: m.update(frame_shape="big")), "three positive integers"),
+        (lambda p: _edit(p, lambda m: m.update(world="voxel")), "world must be one of vector, spatial"),
+        (lambda p: _edit(p, lambda m: m.update(world="spatial")), "jepa.latent_dim is not a known field"),
         (lambda p: (p / "jepa.safetensors").unlink(), "jepa.safetensors: missing"),
         (lambda p: (p / "gcbc.safetensors").write_bytes(b"\x80\x04pickle"), "does not hold this model's weights"),
         (lambda p: save_file({"x": torch.zeros(1)}, str(p / "jepa.safetensors")), "does not hold this model's weights"),

@@ -165,10 +165,6 @@ class FourRooms:
     low, high = 0.0, 1.0
     discrete = True
     GRID = 19
-    world = "vector"
-    """The planning world family (``plan.train.WORLDS``). The spatial one (a map of cells) predicts one
-    step 99% exactly but drifts beyond its 10-step training unroll; it is not the default until it
-    plans better (docs/plan.md)."""
 
     def heading(self, states_TS: np.ndarray) -> np.ndarray:
         """The agent's direction (0 east, 1 south, 2 west, 3 north), the spatial world's second readout."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,35 +120,27 @@ def train_planning(
 
     t0 = time.time()
     block = 5
-    world = getattr(task, "world", "vector")
-    if jepa_cfg is None and world == "spatial":
-        jepa_cfg = SpatialJEPAConfig(action_dim=block * task.feature_dim, block=block, feature_dim=task.feature_dim,
-                                     grid=task.GRID, position_scale=task.PROPRIO_SCALE)  # fmt: skip
-    elif jepa_cfg is None:
-        jepa_cfg = JEPAConfig(
-            action_dim=block * task.feature_dim, block=block, channels=16, proprio_dim=task.proprio_dim
-        )
+    jepa_cfg = jepa_cfg or JEPAConfig(
+        action_dim=block * task.feature_dim, block=block, channels=16, proprio_dim=task.proprio_dim
+    )
     world = "spatial" if isinstance(jepa_cfg, SpatialJEPAConfig) else "vector"
     gcbc_cfg = gcbc_cfg or GCBCConfig(action_dim=block * task.feature_dim, block=block)
     frames, feats, proprio = _episode_tensors(ds, episodes, task)
     deadline = None if not minutes else t0 + 60 * minutes
     torch.manual_seed(seed)
     jepa = WORLDS[world][1](jepa_cfg, ds.frame_shape[:2])
-    if world == "spatial":
-        headings = (
-            {i: torch.from_numpy(task.heading(ds.arrays(i)["state"])) for i in episodes}
-            if hasattr(task, "heading")
-            else {}
-        )
-        jepa_bs = max(8, batch_size // 2)  # a map per frame: half the frames per batch keeps the step time level
-        batches = spatial_batches(frames, feats, proprio, headings, jepa_cfg, jepa_bs, seed)
-    else:
-        jepa_bs = batch_size
-        batches = jepa_batches(frames, feats, proprio, jepa_cfg, batch_size, seed)
-    loop = LoopConfig(steps=steps, batch_size=jepa_bs, lr=1e-3, warmup=200, ckpt_every=500)
-    budget = None if deadline is None else Budget(t0 + JEPA_SHARE * (deadline - t0))
-    r1 = fit(jepa, batches, loop, out / "checkpoints" / "jepa", "jepa", writer=writer, budget=budget)
     loop = LoopConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup=200, ckpt_every=500)
+    if world == "spatial":
+        heading = getattr(task, "heading", None)
+        headings = {i: torch.from_numpy(heading(ds.arrays(i)["state"])) for i in episodes} if heading else {}
+        # a map per frame: half the frames per batch keeps the step time level
+        jepa_loop = replace(loop, batch_size=max(8, batch_size // 2))
+        batches = spatial_batches(frames, feats, proprio, headings, jepa_cfg, jepa_loop.batch_size, seed)
+    else:
+        jepa_loop = loop
+        batches = jepa_batches(frames, feats, proprio, jepa_cfg, batch_size, seed)
+    budget = None if deadline is None else Budget(t0 + JEPA_SHARE * (deadline - t0))
+    r1 = fit(jepa, batches, jepa_loop, out / "checkpoints" / "jepa", "jepa", writer=writer, budget=budget)
     torch.manual_seed(seed + 1)
     gcbc = GCBC(gcbc_cfg, ds.frame_shape[:2])
     budget = None if deadline is None else Budget(deadline)
