@@ -307,8 +307,8 @@ def _copy_run(plan_run, tmp_path):
         (lambda p: _edit(p, lambda m: m["jepa"].update(latent_dim=32)), "does not hold this model's weights"),
         (lambda p: _edit(p, lambda m: m.update(frame_shape=[60, 60, 3])), "not a multiple of 16"),
         (lambda p: _edit(p, lambda m: m.update(frame_shape="big")), "three positive integers"),
-        (lambda p: _edit(p, lambda m: m.update(world="voxel")), "world must be one of vector, spatial"),
-        (lambda p: _edit(p, lambda m: m.update(world="spatial")), "jepa.latent_dim is not a known field"),
+        (lambda p: _edit(p, lambda m: m.update(world="voxel")), "world must be one of vector, cells"),
+        (lambda p: _edit(p, lambda m: m.update(world="cells")), "jepa.latent_dim is not a known field"),
         (lambda p: (p / "jepa.safetensors").unlink(), "jepa.safetensors: missing"),
         (lambda p: (p / "gcbc.safetensors").write_bytes(b"\x80\x04pickle"), "does not hold this model's weights"),
         (lambda p: save_file({"x": torch.zeros(1)}, str(p / "jepa.safetensors")), "does not hold this model's weights"),
@@ -490,41 +490,66 @@ def test_planner_plans_discrete_actions(rooms_data):
     assert all(sorted(q.tolist()) == [0, 0, 1] for q in planner.queue)
 
 
-def test_spatial_world_learns_and_reads_the_agent(rooms_data, tmp_path):
-    """The spatial planning world trains through train_planning (world = spatial in plan.json), loads
-    back the same, reads the agent's cell from a frame after training, and plans as a Planner's world."""
+def test_cell_world_learns_the_rooms_and_plans_through_them(rooms_data, tmp_path):
+    """FourRooms' default world is the cell world: it trains through train_planning (world = cells in
+    plan.json), loads back the same, reads the agent from frames, follows recorded actions open-loop
+    far better than standing still, and plans discrete actions as a Planner's world."""
     from simulacra.data.store import Dataset
-    from simulacra.models.spatial_jepa import SpatialJEPA, SpatialJEPAConfig
+    from simulacra.models.cell_world import CellWorld, CellWorldConfig
     from simulacra.plan.tasks import FourRooms
     from simulacra.plan.train import load_planning, train_planning
 
     ds, task = Dataset.open(rooms_data), FourRooms()
-    cfg = SpatialJEPAConfig(channels=4, hidden=8, unroll=3, decoder=False)
-    meta = train_planning(ds, list(range(len(ds))), task, tmp_path / "plan", None, steps=150, batch_size=16,
+    cfg = CellWorldConfig(channels=8, hidden=16, unroll=5, decoder=False)
+    meta = train_planning(ds, list(range(len(ds))), task, tmp_path / "plan", None, steps=200, batch_size=16,
                           jepa_cfg=cfg)  # fmt: skip
-    assert meta["world"] == "spatial" and meta["jepa"]["grid"] == 19
-    jepa, _, _ = load_planning(tmp_path)
-    assert isinstance(jepa, SpatialJEPA)
-    a = ds.arrays(0)
+    assert meta["world"] == "cells" and meta["jepa"]["grid"] == 19
+    world, _, _ = load_planning(tmp_path)
+    assert isinstance(world, CellWorld)
+    s = ds.arrays(0)["state"]
     frames = torch.from_numpy(np.array(ds.frames(0))).permute(0, 3, 1, 2)
+    feats = torch.from_numpy(task.features(ds.arrays(0)["action"], s[:-1]))
     with torch.no_grad():
-        read = jepa.position(jepa.encode(frames)) * task.PROPRIO_SCALE
-    err = (read - torch.from_numpy(a["state"][:, :2]).float()).abs().sum(-1).mean()
-    # an untrained readout sits near the grid's centre: several cells off on average
-    untrained = SpatialJEPA(cfg)
-    with torch.no_grad():
-        base = (untrained.position(untrained.encode(frames)) * task.PROPRIO_SCALE
-                - torch.from_numpy(a["state"][:, :2]).float()).abs().sum(-1).mean()  # fmt: skip
-    assert err < 0.5 * base, (float(err), float(base))
+        z = world.encode(frames)
+        read = world.position(z) * task.PROPRIO_SCALE
+        assert (read - torch.from_numpy(s[:, :2]).float()).abs().sum(-1).mean() < 0.5
+        T = (len(feats) // 5) * 5
+        ahead = world.rollout(z[:1], feats[:T].reshape(1, -1, 15))[0]  # every 5th step, open-loop
+    cells = world.position(ahead) * task.PROPRIO_SCALE
+    true = torch.from_numpy(s[5 : T + 1 : 5, :2]).float()
+    off, stay = (cells - true).abs().sum(-1).mean(), (true - torch.from_numpy(s[0, :2]).float()).abs().sum(-1).mean()
+    assert off < 0.5 * stay, (float(off), float(stay))
     planner = Planner(
-        jepa, task, ds.frames(0, 5, 6)[0], MPCConfig(search=planners.Search(samples=8, elites=2, iters=2))
+        world, task, ds.frames(0, 5, 6)[0], MPCConfig(search=planners.Search(samples=8, elites=2, iters=2))
     )
     act = planner.act(ds.frames(0, 0, 1), None)
-    assert isinstance(act, int) and 0 <= act < 3 and planner.imagined[0].shape == (5, jepa.state_dim)
+    assert isinstance(act, int) and 0 <= act < 3 and planner.imagined[0].shape == (5, world.state_dim)
 
 
-def test_spatial_world_refuses_mismatched_action_sizes():
-    from simulacra.models.spatial_jepa import SpatialJEPAConfig
+def test_cell_world_mode_rollout_is_the_distribution_s_most_likely_path():
+    """With sharp rules, following each state's most likely move ("mode") lands where pushing the whole
+    distribution ("mean") puts its mass; and expanded (shared) starts roll out as copied ones."""
+    from simulacra.models.cell_world import CellWorld, CellWorldConfig
 
-    assert dict(SpatialJEPAConfig(action_dim=10, block=5, feature_dim=3).problems())["action_dim"]
-    assert dict(SpatialJEPAConfig(position_scale=0).problems())["position_scale"]
+    torch.manual_seed(0)
+    world = CellWorld(CellWorldConfig(channels=4, hidden=8, decoder=False)).eval()
+    with torch.no_grad():
+        world.rule[-1].weight.zero_()  # the same sharp random rule in every cell
+        world.rule[-1].bias.copy_(100 * torch.randn_like(world.rule[-1].bias))
+        z = world.encode(torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8))
+        z[:, world.map_dim :] = 0
+        z[:, world.map_dim + 9 * 19 + 9] = 1  # the centre cell, facing east: 5 steps cannot leave the map
+        acts = torch.nn.functional.one_hot(torch.randint(0, 3, (6, 5)), 3).float().reshape(6, 1, 15)
+        mode = world.rollout(z.expand(6, -1), acts)
+        assert torch.equal(mode, world.rollout(z.repeat(6, 1), acts))
+        world.cfg.rollout = "mean"
+        mean = world.rollout(z.expand(6, -1), acts)
+    assert torch.allclose(world.position(mode), world.position(mean), atol=0.05)
+
+
+def test_cell_world_refuses_mismatched_sizes():
+    from simulacra.models.cell_world import CellWorldConfig
+
+    assert dict(CellWorldConfig(action_dim=10, block=5, feature_dim=3).problems())["action_dim"]
+    assert dict(CellWorldConfig(position_scale=0).problems())["position_scale"]
+    assert dict(CellWorldConfig(rollout="sample").problems())["rollout"]

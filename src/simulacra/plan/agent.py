@@ -51,7 +51,7 @@ class Planner:
         return getattr(self.jepa.cfg, "proprio_dim", 0)
 
     def _features(self, z_ND: torch.Tensor) -> torch.Tensor:
-        """What the cost compares: the encoding itself, or what the world reads from it (the spatial
+        """What the cost compares: the encoding itself, or what the world reads from it (the cell
         world's agent position)."""
         read = getattr(self.jepa, "cost_features", None)
         return z_ND if read is None else read(z_ND)

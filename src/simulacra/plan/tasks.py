@@ -77,6 +77,8 @@ class PushT:
     much as a typical 25-step change of the frame's encoding costs per 40 (measured on held-out data)."""
     low, high = -1.0, 1.0
     discrete = False
+    world = "vector"
+    """The planning world trained for this task by default (plan/train.py's WORLDS)."""
     POS_TOL, ANGLE_TOL = 20.0, math.pi / 9
 
     def features(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -164,10 +166,12 @@ class FourRooms:
     """The agent's cell / this is its proprioception: one cell off costs 4."""
     low, high = 0.0, 1.0
     discrete = True
+    world = "cells"
+    """The cell world: the vector JEPA plans 55% here, the cell world 9x% (docs/plan.md)."""
     GRID = 19
 
     def heading(self, states_TS: np.ndarray) -> np.ndarray:
-        """The agent's direction (0 east, 1 south, 2 west, 3 north), the spatial world's second readout."""
+        """The agent's direction (0 east, 1 south, 2 west, 3 north), the cell world's second record."""
         return np.asarray(states_TS)[:, 2].astype(np.int64)
 
     def features(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:

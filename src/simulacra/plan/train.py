@@ -1,7 +1,8 @@
 """Train the planning world (JEPA) and the GCBC baseline on a recorded data set, through the one loop.
 
 Both read the same episodes: frames ``block`` env steps apart with the block's action features
-between them (JEPA), and (frame, hindsight goal frame, next block's features) triples (GCBC). The
+between them (the vector JEPA), a frame with the next ``unroll`` steps' actions and recorded cells (the
+cell world), and (frame, hindsight goal frame, next block's features) triples (GCBC). The
 wall-clock budget is shared 80 / 20. Everything lands in ``<run>/plan``: safetensors weights and one
 ``plan.json`` with both configs, the task, the step counts reached and the data's fingerprint.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,15 @@ from simulacra.data.store import Dataset
 from simulacra.errors import SimulacraError
 from simulacra.layout import atomic_save_tensors, atomic_write
 from simulacra.loop import Budget, LoopConfig, fit, step_indices
+from simulacra.models.cell_world import CellWorld, CellWorldConfig
 from simulacra.models.common import dict_problems, from_dict
 from simulacra.models.gcbc import GCBC, GCBCConfig
 from simulacra.models.jepa import JEPA, JEPAConfig
-from simulacra.models.spatial_jepa import SpatialJEPA, SpatialJEPAConfig
 
-WORLDS = {"vector": (JEPAConfig, JEPA), "spatial": (SpatialJEPAConfig, SpatialJEPA)}
-"""The planning world families: one vector per frame (Push-T) or one vector per cell of the world's grid
-(FourRooms: where the gaps are changes with every layout; docs/plan.md)."""
+WORLDS = {"vector": (JEPAConfig, JEPA), "cells": (CellWorldConfig, CellWorld)}
+"""The planning world families: one vector per frame (Push-T), or a map of cells with the agent stepped
+across it (FourRooms: where the gaps are changes with every layout; docs/plan.md). A task names its
+default (``task.world``); a config passed to ``train_planning`` picks by its type."""
 
 JEPA_SHARE = 0.8
 """Fraction of the budget the planning world gets; GCBC the rest (it converges much sooner)."""
@@ -63,26 +65,35 @@ def jepa_batches(frames: dict, feats: dict, proprio: dict, cfg: JEPAConfig, batc
     return get_batch
 
 
-def spatial_batches(frames: dict, feats: dict, proprio: dict, headings: dict, cfg: SpatialJEPAConfig,
-                    batch_size: int, seed: int):  # fmt: skip
-    """Runs of ``unroll`` + 1 consecutive frames with every env step's action features between them."""
+def cell_batches(frames: dict, feats: dict, states: dict, cfg: CellWorldConfig, batch_size: int, seed: int):
+    """A frame, the next ``unroll`` env steps' action features, and the recorded cell and heading along them."""
     K = cfg.unroll
     index = np.array([(i, t) for i, f in frames.items() for t in range(len(f) - K)])
     if len(index) == 0:
-        raise SimulacraError(f"no episode is longer than {K} steps (the spatial world's unroll)")
+        raise SimulacraError(f"no episode is longer than {K} steps (the cell world's unroll)")
 
     def get_batch(step: int, r: int, w: int) -> dict:
-        pick = index[step_indices(seed, 13, step, len(index), batch_size, r, w)]
-        out = {
-            "frames": torch.stack([frames[i][t : t + K + 1] for i, t in pick]),
+        pick = index[step_indices(seed, 14, step, len(index), batch_size, r, w)]
+        return {
+            "frame": torch.stack([frames[i][t] for i, t in pick]),
             "actions": torch.stack([feats[i][t : t + K] for i, t in pick]),
-            "proprio": torch.stack([proprio[i][t : t + K + 1] for i, t in pick]),
+            "cell": torch.stack([states[i][0][t : t + K + 1] for i, t in pick]),
+            "heading": torch.stack([states[i][1][t : t + K + 1] for i, t in pick]),
         }
-        if headings:
-            out["heading"] = torch.stack([headings[i][t : t + K + 1] for i, t in pick])
-        return out
 
     return get_batch
+
+
+def cell_states(ds: Dataset, episodes: list[int], task, grid: int) -> dict:
+    """Per episode: the recorded cell (y * grid + x) and heading per frame, as the cell world learns them."""
+    out = {}
+    for i in episodes:
+        s = ds.arrays(i)["state"]
+        xy = np.asarray(s)[:, :2].astype(np.int64)
+        if (xy < 0).any() or (xy >= grid).any():
+            raise SimulacraError(f"{ds.root}: episode {i} has an agent cell outside the {grid} x {grid} grid")
+        out[i] = (torch.from_numpy(xy[:, 1] * grid + xy[:, 0]), torch.from_numpy(task.heading(s)))
+    return out
 
 
 def gcbc_batches(frames: dict, feats: dict, cfg: GCBCConfig, batch_size: int, seed: int):
@@ -111,7 +122,7 @@ def train_planning(
     steps: int = 100_000,
     batch_size: int = 64,
     seed: int = 0,
-    jepa_cfg: JEPAConfig | SpatialJEPAConfig | None = None,
+    jepa_cfg: JEPAConfig | CellWorldConfig | None = None,
     gcbc_cfg: GCBCConfig | None = None,
     writer=None,
 ) -> dict:
@@ -120,27 +131,29 @@ def train_planning(
 
     t0 = time.time()
     block = 5
+    if jepa_cfg is None and getattr(task, "world", "vector") == "cells":
+        jepa_cfg = CellWorldConfig(action_dim=block * task.feature_dim, block=block, feature_dim=task.feature_dim,
+                                   grid=task.GRID, position_scale=task.PROPRIO_SCALE)  # fmt: skip
     jepa_cfg = jepa_cfg or JEPAConfig(
         action_dim=block * task.feature_dim, block=block, channels=16, proprio_dim=task.proprio_dim
     )
-    world = "spatial" if isinstance(jepa_cfg, SpatialJEPAConfig) else "vector"
+    world = "cells" if isinstance(jepa_cfg, CellWorldConfig) else "vector"
     gcbc_cfg = gcbc_cfg or GCBCConfig(action_dim=block * task.feature_dim, block=block)
     frames, feats, proprio = _episode_tensors(ds, episodes, task)
     deadline = None if not minutes else t0 + 60 * minutes
     torch.manual_seed(seed)
     jepa = WORLDS[world][1](jepa_cfg, ds.frame_shape[:2])
     loop = LoopConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup=200, ckpt_every=500)
-    if world == "spatial":
-        heading = getattr(task, "heading", None)
-        headings = {i: torch.from_numpy(heading(ds.arrays(i)["state"])) for i in episodes} if heading else {}
-        # a map per frame: half the frames per batch keeps the step time level
-        jepa_loop = replace(loop, batch_size=max(8, batch_size // 2))
-        batches = spatial_batches(frames, feats, proprio, headings, jepa_cfg, jepa_loop.batch_size, seed)
+    if world == "cells":
+        if not hasattr(task, "heading"):
+            raise SimulacraError(f"the {task.name} task records no heading; the cell world needs cell and heading")
+        batches = cell_batches(
+            frames, feats, cell_states(ds, episodes, task, jepa_cfg.grid), jepa_cfg, batch_size, seed
+        )
     else:
-        jepa_loop = loop
         batches = jepa_batches(frames, feats, proprio, jepa_cfg, batch_size, seed)
     budget = None if deadline is None else Budget(t0 + JEPA_SHARE * (deadline - t0))
-    r1 = fit(jepa, batches, jepa_loop, out / "checkpoints" / "jepa", "jepa", writer=writer, budget=budget)
+    r1 = fit(jepa, batches, loop, out / "checkpoints" / "jepa", "jepa", writer=writer, budget=budget)
     torch.manual_seed(seed + 1)
     gcbc = GCBC(gcbc_cfg, ds.frame_shape[:2])
     budget = None if deadline is None else Budget(deadline)
@@ -167,7 +180,7 @@ def train_planning(
     return meta
 
 
-def load_planning(folder: str | Path) -> tuple[JEPA | SpatialJEPA, GCBC, dict]:
+def load_planning(folder: str | Path) -> tuple[JEPA | CellWorld, GCBC, dict]:
     """The planning world and GCBC of ``<run>/plan`` (safetensors + plan.json, checked field by field)."""
     folder = Path(folder)
     if (folder / "plan").is_dir():

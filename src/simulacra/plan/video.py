@@ -37,7 +37,7 @@ def imagined_frames(result: dict, planner, jepa) -> list[np.ndarray | None]:
         if hasattr(planner.task, "mark"):
             if getattr(jepa.cfg, "proprio_dim", 0):
                 frame = planner.task.mark(frame, plans[p][b, jepa.cfg.latent_dim :].numpy())
-            elif hasattr(jepa, "position"):  # the spatial world: the position it reads from its map
+            elif hasattr(jepa, "position"):  # the cell world: where its agent is
                 with torch.no_grad():
                     frame = planner.task.mark(frame, jepa.position(plans[p][b][None])[0].numpy())
         out.append(frame)
