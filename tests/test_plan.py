@@ -367,6 +367,7 @@ def test_plan_benchmark_table_and_json(plan_run, pusht_data, capsys, tmp_path):
         (["--planner", "astar", "--goal", "x.png"], "--planner must be one of"),
         (["--elites", "400", "--goal", "x.png"], "cannot exceed --samples"),
         (["--horizon", "0", "--goal", "x.png"], "--horizon must be a positive integer"),
+        (["--cost", "miles", "--goal", "x.png"], "--cost must be distance or steps"),
         ([], "give --goal IMAGE"),
         (["--goal", "/nonexistent.png"], "no such file"),
         (["--benchmark", "chess"], "no planning task for the preset 'chess'"),
@@ -376,6 +377,15 @@ def test_plan_benchmark_table_and_json(plan_run, pusht_data, capsys, tmp_path):
 def test_plan_bad_options(plan_run, capsys, args, message):
     code, out, err = run_cli(capsys, "plan", plan_run, *args)
     assert code != 0 and message in err, err
+
+
+def test_steps_cost_needs_a_world_that_counts_steps():
+    from simulacra.errors import SimulacraError
+    from simulacra.plan.tasks import FourRooms
+
+    jepa = JEPA(JEPAConfig(action_dim=15, block=5, channels=8, hidden=32, layers=1, proprio_dim=2, decoder=False))
+    with pytest.raises(SimulacraError, match="needs a world that counts steps"):
+        Planner(jepa, FourRooms(), np.zeros((64, 64, 3), np.uint8), MPCConfig(cost="steps"))
 
 
 def test_plan_refuses_a_goal_that_is_not_a_picture(plan_run, capsys, tmp_path):
@@ -545,6 +555,34 @@ def test_cell_world_mode_rollout_is_the_distribution_s_most_likely_path():
         world.cfg.rollout = "mean"
         mean = world.rollout(z.expand(6, -1), acts)
     assert torch.allclose(world.position(mode), world.position(mean), atol=0.05)
+
+
+def test_cell_world_counts_steps_by_its_own_rule():
+    """steps_to is a breadth-first search over the world's rule: with a rule that always moves east and
+    keeps the heading, only the cells west of the goal in its row reach it, each in its distance."""
+    from simulacra.models.cell_world import MOVES, CellWorld, CellWorldConfig
+
+    world = CellWorld(CellWorldConfig(channels=4, hidden=8, decoder=False)).eval()
+    nm, nh = len(MOVES), 4
+    bias = torch.full((3, nh, nm + nh), -100.0)
+    bias[:, :, 1] = 100.0  # east
+    for h in range(nh):
+        bias[:, h, nm + h] = 100.0  # keep facing h
+    with torch.no_grad():
+        world.rule[-1].weight.zero_()
+        world.rule[-1].bias.copy_(bias.flatten())
+        z = world.encode(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))[0]
+        z[world.map_dim :] = 0
+        z[world.map_dim + 5 * 19 + 10] = 1  # the goal: x 10, y 5
+        dist = world.steps_to(z).view(nh, 19, 19)
+    far = nh * 19 * 19
+    assert dist[:, 5, :11].tolist() == [[10.0 - x for x in range(11)]] * nh
+    assert (dist[:, 5, 11:] == far).all() and (dist[:, :5] == far).all() and (dist[:, 6:] == far).all()
+    cost = world.steps_cost(z, along=0.0)
+    one_hot = torch.zeros(2, 1, world.state_dim)
+    one_hot[0, 0, world.map_dim + 5 * 19 + 7] = 1  # 3 steps west of the goal
+    one_hot[1, 0, world.map_dim + 2 * 19 + 7] = 1  # another row: never
+    assert cost(one_hot).tolist() == [3.0, float(far)]
 
 
 def test_cell_world_refuses_mismatched_sizes():

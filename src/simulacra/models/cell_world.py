@@ -233,6 +233,37 @@ class CellWorld(nn.Module):
         """What the planner's cost compares: the agent's expected position."""
         return self.position(z_NHD)
 
+    @torch.no_grad()
+    def steps_to(self, goal_z_D: torch.Tensor) -> torch.Tensor:
+        """Env steps from every (heading, cell) to the goal's cell under the world's own rule, on the
+        goal frame's map: breadth-first search backwards over the mode table (headings * G * G,); a state
+        the rule never brings to the goal gets headings * G * G. This is a cost that knows walls, made from
+        nothing but the learned world."""
+        m, agent = self._split(goal_z_D[None])
+        nxt = self.next_state(self.rules(m))[0]  # (feature, S)
+        S, g2 = self.agent_dim, self.cfg.grid**2
+        goal_cell = int(agent.flatten(2).sum(1)[0].argmax())
+        far = float(S)
+        dist = torch.full((S,), far)
+        dist[goal_cell::g2] = 0.0
+        for _ in range(S):
+            new = torch.minimum(dist, 1 + dist[nxt].min(0).values)
+            if torch.equal(new, dist):
+                break
+            dist = new
+        return dist
+
+    def steps_cost(self, goal_z_D: torch.Tensor, along: float = 0.0):
+        """The planner's cost in steps to the goal: the expected steps left at the horizon's end, plus
+        ``along`` times their mean over the earlier steps (as ``planners.latent_cost``)."""
+        dist_S = self.steps_to(goal_z_D)
+
+        def cost(z_NHD: torch.Tensor) -> torch.Tensor:
+            d = z_NHD[..., self.map_dim :] @ dist_S  # (N, H): the agent's mass is 1
+            return d[:, -1] + (along * d[:, :-1].mean(1) if along and d.shape[1] > 1 else 0.0)
+
+        return cost
+
     def decode(self, z_BD: torch.Tensor) -> torch.Tensor:
         """States -> frames in [-1, 1] at the data's size, drawn from the map (only with ``decoder``)."""
         x = self.decoder(self._split(z_BD)[0])

@@ -44,6 +44,9 @@ class PlanConfig:
     """Iterations per plan (Adam steps for gradient)."""
     along: float = 1.0
     """Cost weight of the steps before the horizon's last (0: the last step only; see docs/plan.md)."""
+    cost: str = "distance"
+    """distance (squared, between predicted and goal encodings) or steps (the cell world's own count of env
+    steps to the goal's cell: a cost that knows walls; docs/plan.md)."""
     benchmark: str | None = None
     """Run the protocol on a task (pusht, fourrooms): record and train what is missing, then every method over
     --episodes start/goal pairs; prints a table with 95% intervals and writes JSON and videos."""
@@ -74,6 +77,8 @@ def check_options(cfg: PlanConfig) -> None:
         v = getattr(cfg, name)
         if not (isinstance(v, int) and v >= 1):
             raise SimulacraError(f"--{name} must be a positive integer, not {v}")
+    if cfg.cost not in ("distance", "steps"):
+        raise SimulacraError(f"--cost must be distance or steps, not {cfg.cost!r}")
     if cfg.elites > cfg.samples:
         raise SimulacraError(f"--elites ({cfg.elites}) cannot exceed --samples ({cfg.samples})")
     if not 0 <= cfg.along < float("inf"):
@@ -94,7 +99,12 @@ def mpc_config(cfg: PlanConfig, planner: str | None = None):
 
     search = Search(samples=cfg.samples, elites=cfg.elites, iters=cfg.iters)
     return MPCConfig(
-        planner=planner or cfg.planner, horizon=cfg.horizon, replan=cfg.replan, search=search, along=cfg.along
+        planner=planner or cfg.planner,
+        horizon=cfg.horizon,
+        replan=cfg.replan,
+        search=search,
+        along=cfg.along,
+        cost=cfg.cost,
     )
 
 

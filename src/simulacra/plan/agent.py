@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from simulacra.errors import SimulacraError
 from simulacra.models.jepa import JEPA
 from simulacra.plan import planners
 from simulacra.plan.tasks import Episode
+
+COSTS = ("distance", "steps")
 
 
 @dataclass
@@ -32,6 +35,10 @@ class MPCConfig:
     """Weight of the intermediate steps' mean distance to the goal in the cost. 0 (the last step only,
     the field's objective) procrastinates under re-planning: every plan arrives at its horizon's end,
     which moves on with each re-plan (Push-T: 35% success against 75% with 1; docs/plan.md)."""
+    cost: str = "distance"
+    """What the plan minimises: "distance" (squared, between the predicted and the goal's encodings, or
+    what the world reads from them) or "steps" (the world's own count of steps to the goal, for worlds
+    that can count them: the cell world; docs/plan.md)."""
     proprio_weight: float = 1.0
     """Weight of the proprioception's squared error against the frame encoding's, in the cost."""
 
@@ -44,6 +51,12 @@ class Planner:
         self.name = f"planner ({cfg.planner})"
         self.block = jepa.cfg.block
         self.seed = seed
+        if cfg.cost not in COSTS:
+            raise SimulacraError(f"cost must be one of {', '.join(COSTS)}, not {cfg.cost!r}")
+        if cfg.cost == "steps" and not hasattr(jepa, "steps_cost"):
+            raise SimulacraError(
+                f"cost 'steps' needs a world that counts steps (the cell world), not {type(jepa).__name__}"
+            )
         self.set_goal(goal_frame)
         self.reset(seed)
 
@@ -66,7 +79,9 @@ class Planner:
     def set_goal(self, goal_frame: np.ndarray) -> None:
         # a goal picture carries no state: the goal's agent is found in it
         with torch.no_grad():
-            self.goal_D = self._features(self._encode(goal_frame, self.task.agent_xy(None, goal_frame))[None])[0]
+            self.goal_z = self._encode(goal_frame, self.task.agent_xy(None, goal_frame))
+            self.goal_D = self._features(self.goal_z[None])[0]
+        self.goal_cost = self.jepa.steps_cost(self.goal_z, self.cfg.along) if self.cfg.cost == "steps" else None
 
     def reset(self, seed: int | None = None) -> None:
         self.gen = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
@@ -98,7 +113,7 @@ class Planner:
         base = planners.latent_cost(self.goal_D, cfg.along, weights)
 
         def cost(z_NHD):
-            return base(self._features(z_NHD))
+            return base(self._features(z_NHD)) if self.goal_cost is None else self.goal_cost(z_NHD)
 
         shift = max(1, cfg.replan // self.block)
         mean = planners.warm_start(self.previous, shift, torch.zeros(A))

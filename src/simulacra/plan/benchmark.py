@@ -96,7 +96,7 @@ def run_benchmark(cfg) -> dict:
 
     task = task_for(cfg.benchmark)
     run = Path(cfg.world or f"runs/{task.name}-plan")
-    data = ensure_data(task.name, Path(cfg.data or f"datasets/{task.name}-plan"), 200, 0)
+    data = ensure_data(task.name, Path(cfg.data or f"datasets/{task.name}-plan"), task.train_episodes, 0)
     heldout = ensure_data(task.name, Path(cfg.heldout or f"datasets/{task.name}-plan-heldout"), 120, 100_000)
     if not (run / "plan" / "plan.json").is_file():
         ds = Dataset.open(data)
@@ -137,7 +137,8 @@ def run_benchmark(cfg) -> dict:
         "task": task.name,
         "protocol": {"episodes": len(eps), "goal_offset": OFFSET, "env_steps": cfg.steps, "horizon": cfg.horizon,
                      "replan_every": cfg.replan, "action_block": jepa.cfg.block, "samples": cfg.samples,
-                     "elites": cfg.elites, "iters": cfg.iters, "along": cfg.along, "success": task.success_rule},
+                     "elites": cfg.elites, "iters": cfg.iters, "along": cfg.along, "cost": cfg.cost,
+                     "success": task.success_rule},
         "planning_world": {"train_seconds": meta.get("train_seconds"), "steps": meta.get("steps"),
                            "parameters": sum(p.numel() for p in jepa.parameters())},
         "host": host_line(),

@@ -78,6 +78,8 @@ class PushT:
     low, high = -1.0, 1.0
     discrete = False
     world = "vector"
+    train_episodes = 200
+    """Episodes the benchmark records for training (held out: 120 with other seeds)."""
     """The planning world trained for this task by default (plan/train.py's WORLDS)."""
     POS_TOL, ANGLE_TOL = 20.0, math.pi / 9
 
@@ -167,6 +169,7 @@ class FourRooms:
     low, high = 0.0, 1.0
     discrete = True
     world = "cells"
+    train_episodes = 300
     """The cell world: the vector JEPA plans 55% here, the cell world 9x% (docs/plan.md)."""
     GRID = 19
 
