@@ -288,3 +288,15 @@ def test_record_episodes_prints_nothing_and_the_verb_prints_config_and_summary(t
     assert printed.rstrip().endswith(f"recorded 1 episodes to {cfg.out}  (next: simulacra data info {cfg.out})")
     lib, verb = Dataset.open(out), Dataset.open(cfg.out)  # the same episode either way
     np.testing.assert_array_equal(lib.frames(0), verb.frames(0))
+
+
+def test_record_help_names_every_preset():
+    """The --preset help is written by hand; it must not fall behind the presets."""
+    import inspect
+
+    from simulacra.data.record import RecordConfig
+    from simulacra.presets import PRESETS
+
+    src = inspect.getsource(RecordConfig)
+    line = next(ln for ln in src.splitlines() if "World preset (" in ln)
+    assert all(name in line for name in PRESETS), line

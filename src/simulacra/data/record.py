@@ -86,7 +86,7 @@ class RecordConfig:
     """Record trajectories from a real Gymnasium environment into a data set."""
 
     preset: str | None = DEFAULT_PRESET
-    """World preset (breakout, pong, carracing, doom, pusht, crafter, minigrid, debug); not used with --env-id."""
+    """World preset (breakout, pong, carracing, doom, pusht, crafter, fourrooms, minigrid, debug); not used with --env-id."""
     env_id: str | None = None
     """Any Gymnasium env id with image observations or rgb_array rendering (MODULE:ID imports MODULE); overrides --preset."""
     env_kwargs: UseAppendAction[list[list[str]]] = field(default_factory=list)
