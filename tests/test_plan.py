@@ -585,6 +585,21 @@ def test_cell_world_counts_steps_by_its_own_rule():
     assert cost(one_hot).tolist() == [3.0, float(far)]
 
 
+def test_cell_world_refuses_data_it_cannot_learn(pusht_data, rooms_data, tmp_path):
+    """A task without headings, and a recorded cell outside the grid, stop with one line each."""
+    from simulacra.data.store import Dataset
+    from simulacra.errors import SimulacraError
+    from simulacra.models.cell_world import CellWorldConfig
+    from simulacra.plan.tasks import FourRooms, PushT
+    from simulacra.plan.train import cell_states, train_planning
+
+    with pytest.raises(SimulacraError, match="records no heading"):
+        train_planning(Dataset.open(pusht_data), [0], PushT(), tmp_path / "p", None, steps=1,
+                       jepa_cfg=CellWorldConfig(action_dim=10, feature_dim=2))  # fmt: skip
+    with pytest.raises(SimulacraError, match="outside the 5 x 5 grid"):
+        cell_states(Dataset.open(rooms_data), [0], FourRooms(), grid=5)
+
+
 def test_cell_world_refuses_mismatched_sizes():
     from simulacra.models.cell_world import CellWorldConfig
 

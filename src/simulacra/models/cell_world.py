@@ -266,8 +266,10 @@ class CellWorld(nn.Module):
 
     def decode(self, z_BD: torch.Tensor) -> torch.Tensor:
         """States -> frames in [-1, 1] at the data's size, drawn from the map (only with ``decoder``)."""
-        x = self.decoder(self._split(z_BD)[0])
-        return F.interpolate(x, size=self.frame_hw, mode="bilinear", align_corners=False)
+        return self._draw(self._split(z_BD)[0])
+
+    def _draw(self, map_BCGG: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.decoder(map_BCGG), size=self.frame_hw, mode="bilinear", align_corners=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         frames = batch["frame"]  # (B, C, H, W) uint8: the first frame of the run
@@ -300,11 +302,7 @@ class CellWorld(nn.Module):
                    "nll_last": nll_BK[:, -1].mean().item(), "ce_cell": ce_cell.item(),
                    "ce_heading": ce_head.item(), "cell_acc": cell_acc.item()}  # fmt: skip
         if cfg.decoder:
-            rec = (
-                (self.decode(torch.cat([m.detach().flatten(1), agent.detach().flatten(1)], 1)) - to_unit(frames))
-                .abs()
-                .mean()
-            )
+            rec = (self._draw(m.detach()) - to_unit(frames)).abs().mean()
             loss = loss + rec
             metrics["recon_l1"] = rec.item()
         return loss, metrics
