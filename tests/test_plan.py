@@ -45,6 +45,18 @@ def test_planner_reaches_a_known_goal(name):
     assert info["cost"] < blind["cost"] / 5
 
 
+def test_cem_with_one_elite_stays_finite():
+    """One elite has no spread: the search narrows to its floor instead of sampling NaN."""
+    goal = torch.tensor([1.5, -2.0])
+
+    def search(iters):
+        return planners.cem(_point_world, planners.latent_cost(goal), torch.zeros(2), 4, [-1, -1], [1, 1],
+                            planners.Search(samples=32, elites=1, iters=iters), torch.Generator().manual_seed(0))  # fmt: skip
+
+    best, info = search(6)
+    assert torch.isfinite(best).all() and info["cost"] < search(1)[1]["cost"], "later iterations still search"
+
+
 def test_planner_cannot_reach_an_unreachable_goal():
     """Bounds hold: a goal 10 away with 4 steps of at most 1 ends at the boundary, cost > 0."""
     goal = torch.tensor([10.0, 0.0])
@@ -367,7 +379,7 @@ def test_plan_benchmark_table_and_json(plan_run, pusht_data, capsys, tmp_path):
         (["--planner", "astar", "--goal", "x.png"], "--planner must be one of"),
         (["--elites", "400", "--goal", "x.png"], "cannot exceed --samples"),
         (["--horizon", "0", "--goal", "x.png"], "--horizon must be a positive integer"),
-        (["--cost", "miles", "--goal", "x.png"], "--cost must be distance or steps"),
+        (["--cost", "miles", "--goal", "x.png"], "--cost must be distance, steps or pixels"),
         ([], "give --goal IMAGE"),
         (["--goal", "/nonexistent.png"], "no such file"),
         (["--benchmark", "chess"], "no planning task for the preset 'chess'"),
@@ -386,6 +398,8 @@ def test_steps_cost_needs_a_world_that_counts_steps():
     jepa = JEPA(JEPAConfig(action_dim=15, block=5, channels=8, hidden=32, layers=1, proprio_dim=2, decoder=False))
     with pytest.raises(SimulacraError, match="needs a world that counts steps"):
         Planner(jepa, FourRooms(), np.zeros((64, 64, 3), np.uint8), MPCConfig(cost="steps"))
+    with pytest.raises(SimulacraError, match="needs a world that decodes"):
+        Planner(jepa, FourRooms(), np.zeros((64, 64, 3), np.uint8), MPCConfig(cost="pixels"))
 
 
 def test_plan_refuses_a_goal_that_is_not_a_picture(plan_run, capsys, tmp_path):
@@ -410,23 +424,184 @@ def test_draw_episodes_needs_state(tmp_path):
         draw_episodes(Dataset.open(tmp_path / "ds"), 3)
 
 
-def test_train_planning_trains_both_worlds_into_one_run(pusht_data, capsys, tmp_path):
-    """`train --planning`: the pixel world and, beside it, the planning world that `plan` loads."""
+@pytest.fixture(scope="module")
+def both_run(pusht_data, tmp_path_factory):
+    """`train --planning`: a pixel world and, beside it, the planning world that `plan` and `play` load."""
+    from simulacra.cli import main
+
+    out = tmp_path_factory.mktemp("both") / "run"
+    main([str(a) for a in ("train", "--data", pusht_data, "--out", out, "--size", "debug", "--dyn-steps", "2",
+                           "--no-tensorboard", "--planning", "--plan-minutes", "0.05", "--holdout", "0.34")])  # fmt: skip
+    return out
+
+
+def test_train_planning_trains_both_worlds_into_one_run(both_run):
     from simulacra.plan.train import load_planning
     from simulacra.world import World
 
-    out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "train", "--data", pusht_data, "--out", out, "--size", "debug",
-                                "--dyn-steps", "2", "--no-tensorboard", "--planning", "--plan-minutes", "0.05",
-                                "--holdout", "0.34")  # fmt: skip
-    assert code == 0, err
-    assert "planning world saved to" in stdout
-    World.load(out)
-    jepa, _, meta = load_planning(out)
+    World.load(both_run)
+    jepa, _, meta = load_planning(both_run)
     assert meta["task"] == "pusht" and jepa.cfg.proprio_dim == 2
     assert meta["steps"]["jepa"] >= 1
-    train_eps = json.loads((out / "config.json").read_text())["train_episodes"]
+    train_eps = json.loads((both_run / "config.json").read_text())["train_episodes"]
     assert len(train_eps) == 2, "the planning world trains on the pixel world's training episodes only"
+
+
+def _png_b64(frame) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_play_hands_control_to_the_planner_toward_an_uploaded_goal(both_run, pusht_data):
+    """In `simulacra play` Enter hands control to the run's planner, once the page has given it a goal."""
+    import asyncio
+    import base64
+
+    import websockets
+    from test_play import recv_json, ws_url
+
+    from simulacra.data.store import Dataset
+    from simulacra.play import PlayConfig, policy_factory
+    from simulacra.play.server import PlayServer, ServerOptions, Starts
+    from simulacra.world import World
+
+    world = World.load(both_run, backend="torch")
+    make, name = policy_factory(PlayConfig(plan_samples=16, plan_iters=2), both_run / "world")
+    assert name.startswith("the planner (pusht")
+    ds = Dataset.open(pusht_data)
+    start, goal = ds.frames(0, 5, 6)[0], ds.frames(0, 30, 31)[0]
+
+    async def go():
+        server = await PlayServer(world, Starts(), ServerOptions(port=0, real=False), make).start()
+        try:
+            async with websockets.connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}") as ws:
+                hello = await recv_json(ws, "hello")
+                assert hello["policy"] == {"name": "planner (cem)", "takes_goal": True, "has_goal": False}
+                await recv_json(ws, "error")  # no data set, no real env: the page is told to upload a start
+                await ws.send(json.dumps({"type": "start", "source": "image", "data": _png_b64(start)}))
+                await ws.send(json.dumps({"type": "control", "op": "policy"}))
+                err = await recv_json(ws, "error")
+                assert "no goal yet" in err["reason"]  # and the human keeps control
+                await ws.send(json.dumps({"type": "goal", "data": base64.b64encode(b"GIF89a not really").decode()}))
+                assert "picture" in (await recv_json(ws, "error"))["reason"]
+                await ws.send(json.dumps({"type": "goal", "data": _png_b64(goal)}))
+                assert (await recv_json(ws, "policy"))["has_goal"] is True
+                await ws.send(json.dumps({"type": "control", "op": "policy"}))
+                assert (await recv_json(ws, "state"))["controller"] == "policy"
+                await asyncio.sleep(1.0)  # the planner drives a few frames
+        finally:
+            await server.close()
+        return server
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+    # the planner itself, at the player level: it plans from the dream's frames and acts in the world's space
+    from simulacra.play.player import Player
+
+    p = Player(world, policy=make(world))
+    p.start(start[None])
+    with pytest.raises(SimulacraError, match="no goal yet"):
+        p.toggle_policy()
+    p.policy.set_goal(goal)
+    assert p.toggle_policy() == "policy"
+    for _ in range(6):
+        assert p.tick(None).controller == "policy"
+    assert p.policy.plan_at == [0, 5], "a plan every 5 steps"
+    a = np.asarray(p.session.events[-1]["a"])
+    assert a.shape == (2,) and ((a >= 0) & (a <= 512)).all(), "an absolute Push-T target, in the world's space"
+
+
+class _ShiftTask:
+    """The play tests' oracle world as a task: one-hot (stay, right, left) per env step."""
+
+    name, feature_dim, low, high, discrete = "shift", 3, 0.0, 1.0, True
+
+    def to_env(self, feature, agent_xy=None) -> int:
+        return int(np.argmax(feature))
+
+    def agent_xy(self, env, frame=None):
+        return np.zeros(2)
+
+
+def test_pixel_world_plans_toward_a_goal_picture(tmp_path):
+    """The planners search in a pixel world through the same interface: with the oracle world (the block
+    moves one 4 px cell per key) the planned keys bring the block onto the goal picture's."""
+    from play_worlds import block_frame, block_x, oracle_world
+
+    from simulacra.plan.pixel import PixelPlanningWorld
+
+    world = oracle_world(tmp_path / "w")
+    search = planners.Search(samples=16, elites=4, iters=3)
+    for cost in ("distance", "pixels"):  # the pixel world's encoding is its picture: both are pixel distance
+        model = PixelPlanningWorld(world, _ShiftTask(), block=2)
+        planner = Planner(
+            model, _ShiftTask(), block_frame(20), MPCConfig(horizon=2, replan=2, search=search, cost=cost)
+        )
+        frames, gen = [block_frame(12)], world.generator(0)
+        state = world.reset(frames[0][None, None])
+        for _ in range(6):
+            state, f, _, _ = world.step(state, np.array([planner.act(np.stack(frames))]), gen)
+            frames.append(f[0])
+        assert block_x(frames[-1]) == block_x(block_frame(20)), (cost, [block_x(f) for f in frames])
+        assert model.frames_dreamed == 3 * 3 * 16 * 2 * 2, "3 plans x 3 iterations x 16 candidates x 4 steps"
+    z = model.encode(torch.from_numpy(block_frame(8)).permute(2, 0, 1)[None])
+    assert np.array_equal(model._frames(z)[0], block_frame(8)), "encode / decode is the frame itself"
+
+
+def test_plan_verb_in_the_pixel_world(both_run, pusht_data, capsys, tmp_path):
+    from PIL import Image
+
+    from simulacra.data.store import Dataset
+
+    goal = tmp_path / "goal.png"
+    Image.fromarray(Dataset.open(pusht_data).frames(0, 30, 31)[0]).save(goal)
+    code, out, err = run_cli(capsys, "plan", both_run, "--goal", goal, "--model", "pixel", "--steps", "5",
+                             "--samples", "4", "--elites", "2", "--iters", "1", "--horizon", "2",
+                             "--out", tmp_path / "o")  # fmt: skip
+    assert code == 0, err
+    assert "5 env steps with cem" in out and (tmp_path / "o" / "plan-seed0.mp4").is_file()
+    for args, message in ((["--model", "voxel"], "--model must be planning or pixel"),
+                          (["--model", "pixel", "--cost", "steps"], "--cost steps needs the cell world")):  # fmt: skip
+        code, _, err = run_cli(capsys, "plan", both_run, "--goal", goal, *args)
+        assert code != 0 and message in err, err
+
+
+def test_play_policy_options(both_run, pusht_data, capsys, tmp_path):
+    from PIL import Image
+
+    from simulacra.data.store import Dataset
+
+    goal = tmp_path / "goal.png"
+    Image.fromarray(Dataset.open(pusht_data).frames(0, 30, 31)[0]).save(goal)
+    code, out, err = run_cli(capsys, "play", both_run, "--goal", goal, "--port", 0, "--seconds", 0.3,
+                             "--backend", "torch", "--no-real")  # fmt: skip
+    assert code == 0, err
+    assert "Enter hands control to the planner (pusht, toward --goal)" in out
+    code, out, err = run_cli(capsys, "play", both_run, "--policy", "random", "--port", 0, "--seconds", 0.3,
+                             "--backend", "torch", "--no-real")  # fmt: skip
+    assert code == 0 and "Enter hands control to random actions" in out, err
+    # a run without a planning world: --goal and --policy planner are refused in one line, before serving
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(both_run / "world", bare / "world")
+    shutil.copy(both_run / "config.json", bare / "config.json")
+    for args, message in (
+        (["--goal", goal], "--goal needs a planning world"),
+        (["--policy", "planner"], "no planning world here"),
+        (["--goal", tmp_path / "missing.png"], "--goal needs a planning world"),
+        (["--plan-samples", "0"], "--plan-samples and --plan-iters must be positive"),
+    ):
+        code, _, err = run_cli(capsys, "play", bare, "--port", 0, "--seconds", 0.1, "--backend", "torch", *args)
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(capsys, "play", both_run, "--goal", tmp_path / "missing.png", "--port", 0,
+                           "--seconds", 0.1, "--backend", "torch")  # fmt: skip
+    assert code != 0 and "no such file" in err, err
 
 
 def test_train_planning_refuses_a_world_without_a_task(capsys, tmp_path):

@@ -302,6 +302,8 @@ def test_rejections_keep_the_connection_serving(oracle):
                 (json.dumps([1, 2]), "JSON object"),
                 (json.dumps({"type": "load", "data": "not base64!"}), "base64"),
                 (json.dumps({"type": "load", "data": base64.b64encode(b"PK junk").decode()}), "not a session"),
+                (json.dumps({"type": "goal", "data": _png(block_frame())}), "takes no goal"),
+                (json.dumps({"type": "goal", "path": "/etc/passwd"}), "file path"),
             ]
             for msg, reason in cases:
                 await ws.send(msg)

@@ -32,8 +32,8 @@ class PlanConfig:
     """Env steps the planner may take."""
     planner: str = "cem"
     """cem, mppi or gradient."""
-    horizon: int = 5
-    """Action blocks planned ahead (of 5 env steps each)."""
+    horizon: int | None = None
+    """Action blocks planned ahead (of 5 env steps each); default: the task's (pusht 5, fourrooms 8)."""
     replan: int = 5
     """Env steps executed between plans."""
     samples: int = 300
@@ -42,11 +42,17 @@ class PlanConfig:
     """CEM: candidates the sampling distribution is refitted to."""
     iters: int = 30
     """Iterations per plan (Adam steps for gradient)."""
-    along: float = 1.0
-    """Cost weight of the steps before the horizon's last (0: the last step only; see docs/plan.md)."""
-    cost: str = "distance"
+    along: float | None = None
+    """Cost weight of the steps before the horizon's last (0: the last step only; see docs/plan.md);
+    default: the task's (pusht 1, fourrooms 0.3)."""
+    cost: str | None = None
     """distance (squared, between predicted and goal encodings) or steps (the cell world's own count of env
-    steps to the goal's cell: a cost that knows walls; docs/plan.md)."""
+    steps to the goal's cell: a cost that knows walls; docs/plan.md) or pixels (the decoded predictions
+    against the goal picture); default: the task's (pusht distance, fourrooms steps)."""
+    model: str = "planning"
+    """What the planners search in: planning (the run's planning world, <run>/plan) or pixel (the run's pixel
+    world, the diffusion model play dreams with: every candidate step is a dreamed frame, a few hundred a
+    second on this CPU, so give it a small search; docs/plan.md has its benchmark)."""
     benchmark: str | None = None
     """Run the protocol on a task (pusht, fourrooms): record and train what is missing, then every method over
     --episodes start/goal pairs; prints a table with 95% intervals and writes JSON and videos."""
@@ -75,13 +81,17 @@ def check_options(cfg: PlanConfig) -> None:
         raise SimulacraError(f"--planner must be one of {', '.join(PLANNERS)}, not {cfg.planner!r}")
     for name in ("steps", "horizon", "replan", "samples", "elites", "iters", "episodes", "threads"):
         v = getattr(cfg, name)
-        if not (isinstance(v, int) and v >= 1):
+        if not (isinstance(v, int) and v >= 1) and not (name == "horizon" and v is None):
             raise SimulacraError(f"--{name} must be a positive integer, not {v}")
-    if cfg.cost not in ("distance", "steps"):
-        raise SimulacraError(f"--cost must be distance or steps, not {cfg.cost!r}")
+    if cfg.model not in ("planning", "pixel"):
+        raise SimulacraError(f"--model must be planning or pixel, not {cfg.model!r}")
+    if cfg.model == "pixel" and cfg.cost == "steps":
+        raise SimulacraError("--cost steps needs the cell world; the pixel world plans by pixel distance")
+    if cfg.cost not in (None, "distance", "steps", "pixels"):
+        raise SimulacraError(f"--cost must be distance, steps or pixels, not {cfg.cost!r}")
     if cfg.elites > cfg.samples:
         raise SimulacraError(f"--elites ({cfg.elites}) cannot exceed --samples ({cfg.samples})")
-    if not 0 <= cfg.along < float("inf"):
+    if cfg.along is not None and not 0 <= cfg.along < float("inf"):
         raise SimulacraError(f"--along must be 0 or more, not {cfg.along}")
     if cfg.videos < 0 or not cfg.train_minutes > 0:
         raise SimulacraError("--videos must be >= 0 and --train-minutes positive")
@@ -93,19 +103,31 @@ def check_options(cfg: PlanConfig) -> None:
         raise SimulacraError("give --goal IMAGE (plan toward it in the real env) or --benchmark TASK")
 
 
-def mpc_config(cfg: PlanConfig, planner: str | None = None):
+def mpc_config(cfg: PlanConfig, task, planner: str | None = None):
+    """The MPC settings: the options given, the task's defaults for the rest."""
     from simulacra.plan.agent import MPCConfig
     from simulacra.plan.planners import Search
 
     search = Search(samples=cfg.samples, elites=cfg.elites, iters=cfg.iters)
-    return MPCConfig(
-        planner=planner or cfg.planner,
-        horizon=cfg.horizon,
-        replan=cfg.replan,
-        search=search,
-        along=cfg.along,
-        cost=cfg.cost,
-    )
+    given = {k: getattr(cfg, k) for k in ("horizon", "along", "cost") if getattr(cfg, k) is not None}
+    return MPCConfig(planner=planner or cfg.planner, replan=cfg.replan, search=search, **{**task.mpc, **given})
+
+
+def search_model(cfg: PlanConfig, run, planning, task, frame_shape, seed: int = 0):
+    """The model the planners roll candidates through: the planning world, or the run's pixel world."""
+    if cfg.model == "planning":
+        return planning
+    from simulacra import layout
+    from simulacra.plan.pixel import PixelPlanningWorld
+    from simulacra.world import World
+
+    _, world_dir = layout.resolve_run(str(run))
+    world = World.load(world_dir, threads=cfg.threads)
+    if tuple(world.frame_space.shape) != tuple(frame_shape):
+        raise SimulacraError(
+            f"{world_dir}: frames {list(world.frame_space.shape)}, not the planning task's {frame_shape}"
+        )
+    return PixelPlanningWorld(world, task, planning.cfg.block, seed)
 
 
 def read_goal(path: str, shape: tuple[int, int, int]) -> np.ndarray:
@@ -150,14 +172,15 @@ def plan(cfg: PlanConfig) -> int:
     try:
         env.reset(seed=cfg.seed)
         start = task.state(env)
-        planner = Planner(jepa, task, goal, mpc_config(cfg), seed=cfg.seed)
+        model = search_model(cfg, cfg.world, jepa, task, meta["frame_shape"], cfg.seed)
+        planner = Planner(model, task, goal, mpc_config(cfg, task), seed=cfg.seed)
         # a goal picture has no true state: success is judged by the planner's own distance, shown as a number
         result = run_episode(env, task, planner, Episode(-1, 0, start, None, goal), cfg.steps, cfg.seed, judge=False)
     finally:
         env.close()
     out = Path(cfg.out) if cfg.out else Path(cfg.world) / "plan"
     out.mkdir(parents=True, exist_ok=True)
-    video = write_plan_video(out / f"plan-seed{cfg.seed}.mp4", result, goal, jepa, planner.block, planner)
+    video = write_plan_video(out / f"plan-seed{cfg.seed}.mp4", result, goal, model, planner.block, planner)
     d = np.abs(result["frames"][-1].astype(np.float32) - goal.astype(np.float32)).mean()
     print(
         f"simulacra plan: {result['env_steps']} env steps with {cfg.planner} "

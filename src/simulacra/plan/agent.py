@@ -19,7 +19,7 @@ from simulacra.models.jepa import JEPA
 from simulacra.plan import planners
 from simulacra.plan.tasks import Episode
 
-COSTS = ("distance", "steps")
+COSTS = ("distance", "steps", "pixels")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class MPCConfig:
     cost: str = "distance"
     """What the plan minimises: "distance" (squared, between the predicted and the goal's encodings, or
     what the world reads from them) or "steps" (the world's own count of steps to the goal, for worlds
-    that can count them: the cell world; docs/plan.md)."""
+    that can count them: the cell world; docs/plan.md) or "pixels" (squared distance between the decoded
+    predictions and the goal picture, for worlds that decode)."""
     proprio_weight: float = 1.0
     """Weight of the proprioception's squared error against the frame encoding's, in the cost."""
 
@@ -46,7 +47,7 @@ class MPCConfig:
 class Planner:
     """A goal-conditioned policy that plans in a JEPA latent (see module docstring)."""
 
-    def __init__(self, jepa: JEPA, task, goal_frame: np.ndarray, cfg: MPCConfig, seed: int = 0):
+    def __init__(self, jepa: JEPA, task, goal_frame: np.ndarray | None, cfg: MPCConfig, seed: int = 0):
         self.jepa, self.task, self.cfg = jepa.eval(), task, cfg
         self.name = f"planner ({cfg.planner})"
         self.block = jepa.cfg.block
@@ -57,8 +58,18 @@ class Planner:
             raise SimulacraError(
                 f"cost 'steps' needs a world that counts steps (the cell world), not {type(jepa).__name__}"
             )
-        self.set_goal(goal_frame)
+        if cfg.cost == "pixels" and not getattr(jepa.cfg, "decoder", False):
+            raise SimulacraError(
+                f"cost 'pixels' needs a world that decodes, and this {type(jepa).__name__} has no decoder"
+            )
+        self.goal_z = None
+        if goal_frame is not None:  # a player sets the goal later, from the page
+            self.set_goal(goal_frame)
         self.reset(seed)
+
+    @property
+    def has_goal(self) -> bool:
+        return self.goal_z is not None
 
     def _proprio_dim(self) -> int:
         return getattr(self.jepa.cfg, "proprio_dim", 0)
@@ -82,6 +93,15 @@ class Planner:
             self.goal_z = self._encode(goal_frame, self.task.agent_xy(None, goal_frame))
             self.goal_D = self._features(self.goal_z[None])[0]
         self.goal_cost = self.jepa.steps_cost(self.goal_z, self.cfg.along) if self.cfg.cost == "steps" else None
+        if self.cfg.cost == "pixels":
+            goal_px = torch.from_numpy(np.array(goal_frame)).permute(2, 0, 1).float().flatten() / 127.5 - 1
+            by_pixels = planners.latent_cost(goal_px, self.cfg.along)
+
+            def pixel_cost(z_NHD: torch.Tensor) -> torch.Tensor:
+                N, H = z_NHD.shape[:2]
+                return by_pixels(self.jepa.decode(z_NHD.flatten(0, 1)).reshape(N, H, -1))
+
+            self.goal_cost = pixel_cost
 
     def reset(self, seed: int | None = None) -> None:
         self.gen = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
@@ -139,6 +159,8 @@ class Planner:
         """The next env action; ``agent_xy`` from the env's state where known, else found in the frame."""
         frame = frames_THWC[-1]
         xy = agent_xy if agent_xy is not None else self.task.agent_xy(None, frame)
+        if not self.has_goal:
+            raise SimulacraError("the planner has no goal yet: give it a goal picture first")
         if not self.queue:
             self.plan_at.append(self.t)
             self.queue = list(self.plan(frame, xy)[: self.cfg.replan])

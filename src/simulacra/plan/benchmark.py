@@ -90,7 +90,8 @@ def ensure_data(task_name: str, path: Path, episodes: int, seed: int) -> Path:
 def run_benchmark(cfg) -> dict:
     from simulacra.data.envs import make_env
     from simulacra.data.store import Dataset
-    from simulacra.plan import mpc_config
+    from simulacra.plan import mpc_config, search_model
+    from simulacra.plan.planners import PLANNERS
     from simulacra.plan.train import load_planning, train_planning
     from simulacra.plan.video import write_plan_video
 
@@ -103,30 +104,33 @@ def run_benchmark(cfg) -> dict:
         print(f"plan benchmark: training the planning world and GCBC on {data} ({cfg.train_minutes} min)", flush=True)
         train_planning(ds, list(range(len(ds))), task, run / "plan", cfg.train_minutes, seed=cfg.seed)
     jepa, gcbc, meta = load_planning(run)
+    model = search_model(cfg, run, jepa, task, meta["frame_shape"], cfg.seed)
     out = Path(cfg.out) if cfg.out else run / "plan"
     out.mkdir(parents=True, exist_ok=True)
     held = Dataset.open(heldout)
     eps = draw_episodes(held, cfg.episodes, OFFSET, seed=cfg.seed + 1)
     env = make_env(task.env_id, task.env_kwargs, tuple(meta["frame_shape"][:2]), "auto", None, None, "stretch",
                    task.state_reader)  # fmt: skip
-    rows = {}
+    rows, mpc = {}, mpc_config(cfg, task)
+    tag = task.name + ("-pixel" if cfg.model == "pixel" else "")
     try:
         for method in cfg.methods:
             if getattr(task, "discrete", False) and method in ("mppi", "gradient"):
                 print(f"{method:<9} skipped: {task.name} has discrete actions (CEM plans them)", flush=True)
                 continue
             results, t0 = [], time.perf_counter()
+            mpc = mpc_config(cfg, task, method if method in PLANNERS else None)
             for k, ep in enumerate(eps):
                 if method == "gcbc":
                     policy = GCBCPolicy(gcbc, task, ep.goal_frame)
                 elif method == "random":
                     policy = RandomFeatures(task, jepa.cfg.block)
                 else:
-                    policy = Planner(jepa, task, ep.goal_frame, mpc_config(cfg, method), seed=cfg.seed + k)
+                    policy = Planner(model, task, ep.goal_frame, mpc, seed=cfg.seed + k)
                 r = run_episode(env, task, policy, ep, cfg.steps, seed=cfg.seed + k)
                 results.append(r)
                 if k < cfg.videos:
-                    write_plan_video(out / f"benchmark-{task.name}-{method}-{k}.mp4", r, ep.goal_frame, jepa,
+                    write_plan_video(out / f"benchmark-{tag}-{method}-{k}.mp4", r, ep.goal_frame, model,
                                      jepa.cfg.block, policy if method not in ("gcbc", "random") else None)  # fmt: skip
                 r.pop("frames")
             rows[method] = summarise(results, time.perf_counter() - t0)
@@ -135,16 +139,19 @@ def run_benchmark(cfg) -> dict:
         env.close()
     report = {
         "task": task.name,
-        "protocol": {"episodes": len(eps), "goal_offset": OFFSET, "env_steps": cfg.steps, "horizon": cfg.horizon,
+        "protocol": {"episodes": len(eps), "goal_offset": OFFSET, "env_steps": cfg.steps, "horizon": mpc.horizon,
                      "replan_every": cfg.replan, "action_block": jepa.cfg.block, "samples": cfg.samples,
-                     "elites": cfg.elites, "iters": cfg.iters, "along": cfg.along, "cost": cfg.cost,
+                     "elites": cfg.elites, "iters": cfg.iters, "along": mpc.along, "cost": mpc.cost,
                      "success": task.success_rule},
         "planning_world": {"train_seconds": meta.get("train_seconds"), "steps": meta.get("steps"),
                            "parameters": sum(p.numel() for p in jepa.parameters())},
         "host": host_line(),
         "methods": rows,
     }  # fmt: skip
-    path = out / f"benchmark-{task.name}.json"
+    if cfg.model == "pixel":
+        report["planning_world"] = {"model": "pixel", "frames_dreamed": model.frames_dreamed,
+                                    "world": str(model.world.path)}  # fmt: skip
+    path = out / f"benchmark-{tag}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"plan benchmark: {path}")
     return report

@@ -99,7 +99,8 @@ def cem(
         top = torch.topk(c, min(search.elites, len(c)), largest=False).indices
         if float(c[top[0]]) < best_cost:
             best, best_cost = cand[top[0]].clone(), float(c[top[0]])
-        mean, std = cand[top].mean(0), cand[top].std(0).clamp_min(1e-3 * float((high - low).max()))
+        spread = cand[top].std(0) if len(top) > 1 else torch.zeros_like(mean)  # one elite has no spread
+        mean, std = cand[top].mean(0), spread.clamp_min(1e-3 * float((high - low).max()))
     return best, {"cost": best_cost}
 
 

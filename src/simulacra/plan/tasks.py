@@ -78,6 +78,8 @@ class PushT:
     low, high = -1.0, 1.0
     discrete = False
     world = "vector"
+    mpc = {"horizon": 5, "along": 1.0, "cost": "distance"}
+    """The planner's defaults on this task (docs/plan.md: what each choice measured)."""
     train_episodes = 200
     """Episodes the benchmark records for training (held out: 120 with other seeds)."""
     """The planning world trained for this task by default (plan/train.py's WORLDS)."""
@@ -169,6 +171,8 @@ class FourRooms:
     low, high = 0.0, 1.0
     discrete = True
     world = "cells"
+    mpc = {"horizon": 8, "along": 0.3, "cost": "steps"}
+    """A longer horizon sees around a wall; the steps cost knows walls (docs/plan.md)."""
     train_episodes = 300
     """The cell world: the vector JEPA plans 55% here, the cell world 92% (docs/plan.md)."""
     GRID = 19

@@ -50,6 +50,15 @@ class PlayConfig:
     """Largest picture a tab may upload to start from."""
     seconds: float | None = None
     """Serve this long, then stop (default: until Ctrl-C)."""
+    policy: Literal["auto", "planner", "random"] = "auto"
+    """What Enter hands control to. planner: plan toward a goal picture in the run's planning world
+    (<run>/plan, from `train --planning`); auto: the planner when the run has one, else random actions."""
+    goal: str | None = None
+    """The planner's first goal picture (PNG/JPEG); the page can upload another at any time."""
+    plan_samples: int = 100
+    """Planner candidates per iteration: fewer than the benchmark's 300, so a plan fits between frames."""
+    plan_iters: int = 10
+    """Planner iterations per plan (the benchmark's: 30)."""
 
 
 def load_starts(world, data: str | None):
@@ -108,11 +117,50 @@ def play(cfg: PlayConfig) -> int:
         real=cfg.real and "env_id" in (world.config.get("preset") or {}),
     )
     starts = load_starts(world, cfg.data)
+    factory, policy_name = policy_factory(cfg, world_dir)
     print(
         f"simulacra play: {world_dir} ({world.backend}), {len(starts.episodes)} start episodes, real env "
-        f"{'on' if opts.real else 'off'}"
+        f"{'on' if opts.real else 'off'}, Enter hands control to {policy_name}"
     )
-    return asyncio.run(_serve(PlayServer(world, starts, opts), cfg.seconds))
+    return asyncio.run(_serve(PlayServer(world, starts, opts, factory), cfg.seconds))
+
+
+def policy_factory(cfg: PlayConfig, world_dir):
+    """(a maker of one policy per tab, its name): the run's planner when asked for or found, else None
+    (the player's own random policy)."""
+    from pathlib import Path
+
+    from simulacra.plan.agent import MPCConfig, Planner
+    from simulacra.plan.planners import Search
+    from simulacra.plan.tasks import task_for
+    from simulacra.plan.train import load_planning
+
+    if cfg.policy not in ("auto", "planner", "random"):
+        raise SimulacraError(f"--policy must be auto, planner or random, not {cfg.policy!r}")
+    if not (cfg.plan_samples >= 1 and cfg.plan_iters >= 1):
+        raise SimulacraError("--plan-samples and --plan-iters must be positive")
+    run = Path(world_dir).parent
+    has_plan = (run / "plan" / "plan.json").is_file()
+    if cfg.policy == "random" or (cfg.policy == "auto" and not has_plan):
+        if cfg.goal is not None:
+            raise SimulacraError(f"--goal needs a planning world, and {run} has none (train it with --planning)")
+        return None, "random actions"
+    jepa, _, meta = load_planning(run)  # a clear error when --policy planner finds none
+    task = task_for(meta["task"])
+    goal = None
+    if cfg.goal is not None:
+        from simulacra.plan import read_goal
+
+        goal = read_goal(cfg.goal, tuple(meta["frame_shape"]))
+    search = Search(samples=cfg.plan_samples, elites=max(1, cfg.plan_samples // 10), iters=cfg.plan_iters)
+    mpc = MPCConfig(search=search, **task.mpc)
+
+    def make(world):
+        if tuple(world.frame_space.shape) != tuple(meta["frame_shape"]):
+            raise SimulacraError(f"the planning world's frames {meta['frame_shape']} are not the world's")
+        return Planner(jepa, task, goal, mpc)
+
+    return make, f"the planner ({task.name}, toward {'--goal' if goal is not None else 'a goal picture from the page'})"
 
 
 async def _serve(server, seconds: float | None) -> int:

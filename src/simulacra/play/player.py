@@ -220,6 +220,8 @@ class Player:
     def toggle_policy(self) -> str:
         if self.policy is None:
             raise SessionError("this world takes no actions, so there is nothing for a policy to do")
+        if self.controller == "human" and getattr(self.policy, "has_goal", True) is False:
+            raise SessionError("the planner has no goal yet: upload a goal picture first")
         self.controller = "policy" if self.controller == "human" else "human"
         return self.controller
 

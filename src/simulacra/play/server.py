@@ -65,6 +65,7 @@ FIELDS = {
     "load": {"data": str, "step": int},
     "branch": {"step": int},
     "export": {"format": str},
+    "goal": {"data": str},
     "ping": {"t": float},
 }
 OPS = ("pause", "resume", "step", "reset", "resync", "policy")
@@ -129,7 +130,7 @@ def check_message(raw, max_upload: int) -> dict:
     kind = msg["type"]
     if kind not in FIELDS:
         raise Rejected(f"unknown message type {kind[:40]!r}; types: {', '.join(FIELDS)}")
-    if upload and kind not in ("start", "load"):
+    if upload and kind not in ("start", "load", "goal"):
         raise Rejected(f"message of {len(raw)} bytes is over the {MESSAGE_LIMIT}-byte limit for {kind!r}")
     allowed = FIELDS[kind]
     for k, v in msg.items():
@@ -372,6 +373,15 @@ class _Tab:
             },
             "limits": {"upload": self.server.opts.max_upload, "session_file": self.server.opts.max_session_file},
             "backend": self.world.backend,
+            "policy": self._policy_state(),
+        }
+
+    def _policy_state(self) -> dict:
+        p = self.player.policy
+        return {
+            "name": getattr(p, "name", None),
+            "takes_goal": hasattr(p, "set_goal"),
+            "has_goal": bool(getattr(p, "has_goal", False)),
         }
 
     async def _default_start(self) -> None:
@@ -437,6 +447,8 @@ class _Tab:
             data = await self.call(self.player.session.to_bytes)
             await self.call(self.player.load, data, msg.get("step", self.player.session.t))
             await self._after_start()
+        elif kind == "goal":
+            await self._goal(msg)
         elif kind == "export":
             fmt = msg.get("format", "gif")
             if fmt not in ("gif", "mp4"):
@@ -472,6 +484,17 @@ class _Tab:
         else:
             raise Rejected("start.source is 'episode', 'env' or 'image'")
         await self._after_start()
+
+    async def _goal(self, msg: dict) -> None:
+        """A goal picture for the planner that Enter hands control to."""
+        policy = self.player.policy
+        if not hasattr(policy, "set_goal"):
+            raise Rejected("the policy of this server takes no goal (start play on a run with a planning world)")
+        data = _b64(msg.get("data", ""), self.server.opts.max_upload, "goal picture")
+        frame, _ = await self.call(decode_image, data, self.world.frame_space.shape)
+        await self.call(policy.set_goal, frame)
+        await self.ws.send(json.dumps({"type": "policy", **self._policy_state()}))
+        await self.ws.send(json.dumps({"type": "notice", "text": "goal set: Enter hands control to the planner"}))
 
     async def _after_start(self) -> None:
         self.action = self._noop()
