@@ -28,9 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class Background:
     """The play server on its own event loop in a thread, as `simulacra play` runs it."""
 
-    def __init__(self, world, starts):
+    def __init__(self, world, starts, policy_factory=None):
         self.loop = asyncio.new_event_loop()
-        self.server = PlayServer(world, starts, ServerOptions(port=0, real=False))
+        self.server = PlayServer(world, starts, ServerOptions(port=0, real=False), policy_factory)
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
 
@@ -39,13 +39,37 @@ class Background:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-@pytest.fixture
-def page(tmp_path):
+class GoalSeeker:
+    """A goal-taking policy for the oracle world, as the planner is one: it steps the block toward the
+    goal picture's block, so the page's goal box and handoff can be checked without a planning world."""
+
+    name = "goal seeker"
+
+    def __init__(self):
+        self.goal = None
+
+    @property
+    def has_goal(self) -> bool:
+        return self.goal is not None
+
+    def set_goal(self, frame) -> None:
+        self.goal = block_x(frame)
+
+    def reset(self, seed=None) -> None:
+        pass
+
+    def act(self, frames_THWC):
+        x = block_x(frames_THWC[-1])
+        return 0 if abs(x - self.goal) < 2 else (1 if x < self.goal else 2)
+
+
+@pytest.fixture(params=["random", "goal"])
+def page(tmp_path, request):
     from playwright.sync_api import sync_playwright
 
     world = oracle_world(tmp_path / "world")
     starts = Starts(reference=block_frame()[None])
-    bg = Background(world, starts)
+    bg = Background(world, starts, (lambda w: GoalSeeker()) if request.param == "goal" else None)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         # bypass_csp: Playwright evaluates its wait predicates as strings, which the page's CSP (rightly) forbids
@@ -70,6 +94,8 @@ def test_page_plays_saves_loads_and_hands_over(page):
     from PIL import Image
 
     pg, tmp = page
+    if pg.evaluate("window.simulacra.policy && window.simulacra.policy.takes_goal"):
+        pytest.skip("the goal-taking policy has its own test")
     Image.fromarray(block_frame()).save(tmp / "start.png")
     pg.set_input_files("#st-img", str(tmp / "start.png"))  # the server has no data set: start from a picture
     frames_after(pg, 3)
@@ -122,3 +148,43 @@ def test_page_plays_saves_loads_and_hands_over(page):
     pg.keyboard.press("Enter")
     pg.wait_for_function("window.simulacra.header.controller === 'human'", timeout=20000)
     assert pg.evaluate("window.simulacra.errors.filter(e => !e.startsWith('no start')).length") == 0
+
+
+def test_page_sets_the_planner_s_goal_and_hands_over(page):
+    """The goal box: hidden for a policy that takes no goal; for one that does, Enter is refused until a
+    goal is set (an uploaded picture, or "this frame"), then the policy drives toward it."""
+    from PIL import Image
+
+    pg, tmp = page
+    if not pg.evaluate("window.simulacra.policy && window.simulacra.policy.takes_goal"):
+        assert not pg.is_visible("#goalbox")
+        return
+    assert pg.is_visible("#goalbox") and "none yet" in pg.inner_text("#goal-state")
+    Image.fromarray(block_frame(12)).save(tmp / "start.png")
+    pg.set_input_files("#st-img", str(tmp / "start.png"))
+    frames_after(pg, 2)
+    pg.keyboard.press("Enter")
+    pg.wait_for_function("window.simulacra.errors.some(e => e.includes('no goal yet'))", timeout=20000)
+    assert pg.evaluate("window.simulacra.controller") == "human"
+    Image.fromarray(block_frame(24)).save(tmp / "goal.png")
+    pg.set_input_files("#goal-img", str(tmp / "goal.png"))
+    pg.wait_for_function("window.simulacra.policy.has_goal === true", timeout=20000)
+    pg.keyboard.press("Enter")
+    pg.wait_for_function("window.simulacra.header.controller === 'policy'", timeout=20000)
+    pg.wait_for_function(f"window.simulacra.frames > {pg.evaluate('window.simulacra.frames') + 6}", timeout=20000)
+    assert abs(block_x(dream(pg)) - block_x(block_frame(24))) < 2  # it went to the uploaded goal
+    pg.keyboard.press("Enter")  # back to the human, who moves the block left; "this frame" is the new goal
+    pg.wait_for_function("window.simulacra.header.controller === 'human'", timeout=20000)
+    pg.keyboard.down("ArrowLeft")
+    frames_after(pg, 3)
+    pg.keyboard.up("ArrowLeft")
+    frames_after(pg, 2)
+    here = block_x(dream(pg))
+    count = "window.simulacra.notices.filter(n => n.startsWith('goal set')).length"
+    before = pg.evaluate(count)
+    pg.click("#b-goal-now")
+    pg.wait_for_function(f"{count} > {before}", timeout=20000)
+    pg.keyboard.press("Enter")
+    pg.wait_for_function("window.simulacra.header.controller === 'policy'", timeout=20000)
+    frames_after(pg, 4)
+    assert abs(block_x(dream(pg)) - here) < 2  # the policy holds the block at the frame chosen as its goal

@@ -46,13 +46,17 @@ class GCBCPolicy:
 
     def reset(self, seed: int | None = None) -> None:
         self.queue: list[np.ndarray] = []
+        self.plan_seconds: list[float] = []
+        """Seconds per prediction: the table's "planning" column for the policy's own inference."""
 
     def act(self, frames_THWC: np.ndarray, agent_xy=None):
         frame = frames_THWC[-1]
         if not self.queue:
+            t0 = time.perf_counter()
             with torch.no_grad():
                 f = self.gcbc.act(torch.from_numpy(np.array(frame)).permute(2, 0, 1)[None], self.goal)[0]
             self.queue = list(f.numpy().reshape(self.gcbc.cfg.block, -1))
+            self.plan_seconds.append(time.perf_counter() - t0)
         xy = agent_xy if agent_xy is not None else self.task.agent_xy(None, frame)
         return self.task.to_env(self.queue.pop(0), xy)
 
@@ -171,6 +175,7 @@ def summarise(results: list[dict], seconds: float) -> dict:
         "plan_seconds_per_env_step": sum(plan_s) / max(env_steps, 1),
         "seconds_per_plan": float(np.mean(plan_s)) if plan_s else 0.0,
         "wall_seconds": round(seconds, 1),
+        "per_episode": [int(r["success"]) for r in results],
     }
 
 

@@ -117,7 +117,7 @@ def play(cfg: PlayConfig) -> int:
         real=cfg.real and "env_id" in (world.config.get("preset") or {}),
     )
     starts = load_starts(world, cfg.data)
-    factory, policy_name = policy_factory(cfg, world_dir)
+    factory, policy_name = policy_factory(cfg, world)
     print(
         f"simulacra play: {world_dir} ({world.backend}), {len(starts.episodes)} start episodes, real env "
         f"{'on' if opts.real else 'off'}, Enter hands control to {policy_name}"
@@ -125,11 +125,9 @@ def play(cfg: PlayConfig) -> int:
     return asyncio.run(_serve(PlayServer(world, starts, opts, factory), cfg.seconds))
 
 
-def policy_factory(cfg: PlayConfig, world_dir):
+def policy_factory(cfg: PlayConfig, world):
     """(a maker of one policy per tab, its name): the run's planner when asked for or found, else None
     (the player's own random policy)."""
-    from pathlib import Path
-
     from simulacra.plan.agent import MPCConfig, Planner
     from simulacra.plan.planners import Search
     from simulacra.plan.tasks import task_for
@@ -139,7 +137,7 @@ def policy_factory(cfg: PlayConfig, world_dir):
         raise SimulacraError(f"--policy must be auto, planner or random, not {cfg.policy!r}")
     if not (cfg.plan_samples >= 1 and cfg.plan_iters >= 1):
         raise SimulacraError("--plan-samples and --plan-iters must be positive")
-    run = Path(world_dir).parent
+    run = world.path.parent
     has_plan = (run / "plan" / "plan.json").is_file()
     if cfg.policy == "random" or (cfg.policy == "auto" and not has_plan):
         if cfg.goal is not None:
@@ -147,6 +145,10 @@ def policy_factory(cfg: PlayConfig, world_dir):
         return None, "random actions"
     jepa, _, meta = load_planning(run)  # a clear error when --policy planner finds none
     task = task_for(meta["task"])
+    if tuple(world.frame_space.shape) != tuple(meta["frame_shape"]):
+        raise SimulacraError(
+            f"{run}/plan: frames {meta['frame_shape']}, not the world's {list(world.frame_space.shape)}"
+        )
     goal = None
     if cfg.goal is not None:
         from simulacra.plan import read_goal
@@ -156,8 +158,6 @@ def policy_factory(cfg: PlayConfig, world_dir):
     mpc = MPCConfig(search=search, **task.mpc)
 
     def make(world):
-        if tuple(world.frame_space.shape) != tuple(meta["frame_shape"]):
-            raise SimulacraError(f"the planning world's frames {meta['frame_shape']} are not the world's")
         return Planner(jepa, task, goal, mpc)
 
     return make, f"the planner ({task.name}, toward {'--goal' if goal is not None else 'a goal picture from the page'})"
