@@ -5,6 +5,8 @@ world and GCBC (--train-minutes, default 25) when the run has none, then runs CE
 random actions on the same 100 held-out start/goal pairs and prints the table with 95% intervals.
 
     python benchmarks/plan_pusht.py [RUN] [any `simulacra plan` option, e.g. --episodes 50 --methods cem]
+
+With `--model pixel` (the run's pixel world searched instead) the JSON goes to plan_pusht_pixel.json.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ if __name__ == "__main__":
     except SystemExit as e:
         if e.code:
             raise
-    src = Path(run) / "plan" / "benchmark-pusht.json"
-    dst = Path(__file__).parent / "results" / "plan_pusht.json"
+    pixel = any(a == "pixel" and b == "--model" for b, a in zip(rest, rest[1:], strict=False))
+    src = Path(run) / "plan" / f"benchmark-pusht{'-pixel' if pixel else ''}.json"
+    dst = Path(__file__).parent / "results" / f"plan_pusht{'_pixel' if pixel else ''}.json"
     shutil.copyfile(src, dst)
     print(f"{dst}: {len(json.loads(dst.read_text())['methods'])} methods")
