@@ -95,7 +95,6 @@ def run_benchmark(cfg) -> dict:
     from simulacra.data.envs import make_env
     from simulacra.data.store import Dataset
     from simulacra.plan import mpc_config, search_model
-    from simulacra.plan.planners import PLANNERS
     from simulacra.plan.train import load_planning, train_planning
     from simulacra.plan.video import write_plan_video
 
@@ -115,7 +114,7 @@ def run_benchmark(cfg) -> dict:
     eps = draw_episodes(held, cfg.episodes, OFFSET, seed=cfg.seed + 1)
     env = make_env(task.env_id, task.env_kwargs, tuple(meta["frame_shape"][:2]), "auto", None, None, "stretch",
                    task.state_reader)  # fmt: skip
-    rows, mpc = {}, mpc_config(cfg, task)
+    rows, mpc = {}, mpc_config(cfg, task)  # horizon, along and cost, the same for every planner
     tag = task.name + ("-pixel" if cfg.model == "pixel" else "")
     try:
         for method in cfg.methods:
@@ -123,14 +122,13 @@ def run_benchmark(cfg) -> dict:
                 print(f"{method:<9} skipped: {task.name} has discrete actions (CEM plans them)", flush=True)
                 continue
             results, t0 = [], time.perf_counter()
-            mpc = mpc_config(cfg, task, method if method in PLANNERS else None)
             for k, ep in enumerate(eps):
                 if method == "gcbc":
                     policy = GCBCPolicy(gcbc, task, ep.goal_frame)
                 elif method == "random":
                     policy = RandomFeatures(task, jepa.cfg.block)
                 else:
-                    policy = Planner(model, task, ep.goal_frame, mpc, seed=cfg.seed + k)
+                    policy = Planner(model, task, ep.goal_frame, mpc_config(cfg, task, method), seed=cfg.seed + k)
                 r = run_episode(env, task, policy, ep, cfg.steps, seed=cfg.seed + k)
                 results.append(r)
                 if k < cfg.videos:
