@@ -39,7 +39,9 @@ def main() -> None:
             acts = torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
             with torch.no_grad():
                 if world.dyn.cfg.heads_on_next:
-                    r, d, life = world.dyn.heads_logits(z[None, s + K - 1], z[None, s + K], acts)
+                    r, d, life = world.dyn.heads_logits(
+                        z[None, s + K - 1], z[None, s + K], acts, before_BChw=z[None, s + K - 2]
+                    )
                 else:
                     r, d, life = world.dyn.heads_logits(z[None, s + K - 2], z[None, s + K - 1], acts)
             t = s + K - 1

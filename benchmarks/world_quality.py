@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/bench")
     ap.add_argument("--size", default="nano")
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget per preset")
+    ap.add_argument("--dyn-steps", type=int, default=None,
+                    help="a fixed dynamics step count instead of the budget (worlds trained side by side on a shared CPU)")  # fmt: skip
     ap.add_argument("--out", default="benchmarks/results/world_quality.json")
     ap.add_argument("--table", action="store_true", help="only print --out's results as a Markdown table")
     ap.add_argument("--reeval", action="store_true", help="evaluate again the worlds that already have an eval")
@@ -168,8 +170,7 @@ def main() -> None:
                 "--out",
                 str(run),
                 "--no-tensorboard",
-                "--minutes",
-                str(args.minutes),
+                *(["--dyn-steps", str(args.dyn_steps)] if args.dyn_steps else ["--minutes", str(args.minutes)]),
                 *resume,
                 log=log,
             )

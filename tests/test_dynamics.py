@@ -132,3 +132,56 @@ def test_change_gate_without_residual_is_a_clear_error():
         check_model_config(AutoencoderConfig(kind="pixels"), dyn)
     dyn.residual = True
     check_model_config(AutoencoderConfig(kind="pixels"), dyn)
+
+
+def test_heads_own_reads_the_model_s_estimate_as_a_sample_would_finish_it():
+    """heads_own: the heads' next frame is the flow's own estimate (gated, added to the last frame, snapped)
+    for the windows picked, the real one for the others; heads_own 0 always reads the real one."""
+    dyn = tiny(change_gate=True, heads_own=1.0, snap_to_pixels=True)
+    B = 3
+    real, last = torch.randn(B, 4, 4, 4), torch.randn(B, 4, 4, 4)
+    out, x_t, t = torch.randn(B, 4, 4, 4), torch.randn(B, 4, 4, 4), torch.rand(B)
+    gate = torch.randn(B, 4, 4)
+    got = dyn._heads_next(real, last, out, x_t, t, gate, KeyedRNG(torch.arange(B)))
+    want = dyn.snap(last + out * (gate[:, None] > 0))
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got[:, :, gate[0] <= 0][0], dyn.snap(last)[:, :, gate[0] <= 0][0])  # closed cells: unchanged
+    dyn.cfg.heads_own = 0.0
+    assert torch.equal(dyn._heads_next(real, last, out, x_t, t, gate, KeyedRNG(torch.arange(B))), real)
+
+
+def test_heads_before_sees_the_motion_into_the_transition():
+    dyn = tiny(heads_before=True).eval()
+    prev, nxt = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    a = torch.zeros(2, 3, dtype=torch.long)
+    with torch.no_grad():
+        still = dyn.heads_logits(prev, nxt, a, before_BChw=prev)
+        none = dyn.heads_logits(prev, nxt, a)  # no frame before: no motion
+        moved = dyn.heads_logits(prev, nxt, a, before_BChw=prev + 1.0)
+    torch.testing.assert_close(still[0], none[0])
+    assert not torch.allclose(still[0], moved[0])
+    assert dyn.heads_conv[0].in_channels == 3 * 4 and tiny().heads_conv[0].in_channels == 2 * 4
+
+
+def test_heads_options_out_of_range_are_clear_errors():
+    with pytest.raises(SimulacraError, match="--heads-own must be"):
+        check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_own=1.5))
+    with pytest.raises(SimulacraError, match="--heads-before needs heads_on_next"):
+        check_model_config(
+            AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_before=True, heads_on_next=False)
+        )
+
+
+def test_forward_with_heads_own_is_deterministic_in_the_keys():
+    dyn = tiny(change_gate=True, heads_own=0.5, heads_before=True, snap_to_pixels=True)
+    batch = {
+        "latents": torch.randn(6, 4, 4, 4, 4),
+        "action": torch.randint(0, 3, (6, 3)),
+        "reward": torch.tensor([[0.0, 0, 1]] * 3 + [[0.0, 0, 0]] * 3),
+        "terminated": torch.zeros(6, 3, dtype=torch.bool),
+        "keys": torch.arange(6),
+    }
+    loss, m = dyn(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and dyn.heads_conv[0].weight.grad.abs().sum() > 0
+    assert dyn(batch)[1]["reward_ce"] == m["reward_ce"]

@@ -126,3 +126,49 @@ def test_life_loss_head_learns_the_lives_counter(tmp_path):
         a = np.asarray(arr["action"])[steps][:, None]
         pred = life_losses(world, ctx, ctx_a, a, f[steps + 1][:, None], batch=8)[:, 0]
         assert (pred == real[steps]).all() and real[steps].any(), (pred, real[steps])
+
+
+def write_jumps(root, episodes=10, L=24, seed=5):
+    """A bright square on a still background jumps to a new place at random frames; the reward comes on the
+    step *after* each jump, when nothing moves: only the motion into the transition tells it."""
+    rng = np.random.default_rng(seed)
+    w = DatasetWriter(root, {"frame_shape": [32, 32, 3], "action_space": SPACE, "env_id": "synthetic"})
+    for e in range(episodes):
+        jumps = rng.choice(np.arange(2, L - 1, 3), 4, replace=False)  # frames that differ from the one before
+        frames = np.repeat(rng.integers(20, 60, size=(1, 32, 32, 3), dtype=np.uint8), L + 1, 0)
+        y, x = rng.integers(0, 26, 2)
+        for t in range(L + 1):
+            if t in jumps:
+                y, x = rng.integers(0, 26, 2)
+            frames[t, y : y + 6, x : x + 6] = 240
+        rewards = np.zeros(L, np.float32)
+        rewards[jumps] = 1.0  # step t goes from frame t to t + 1: the frames after a jump do not change
+        w.add_episode(frames, rng.integers(0, 4, size=L), rewards, np.zeros(L, bool), np.zeros(L, bool),
+                      seed=e, env_id="synthetic", policy="random")  # fmt: skip
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_heads_before_read_an_event_that_only_the_motion_into_it_shows(tmp_path, before):
+    root = tmp_path / "ds"
+    write_jumps(root)
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(root), size="debug", out=str(out), dyn_steps=300, holdout=0.3, tensorboard=False,
+                      heads_before=before, heads_own=0.0))  # fmt: skip
+    ds, world = Dataset.open(root), World.load(out)
+    K, real, pred = world.K, [], []
+    for i in json.loads((out / "config.json").read_text())["holdout_episodes"]:
+        z, arr = world.encode(ds.frames(i)), ds.arrays(i)
+        for s in range(ds.episodes[i].length - K + 1):
+            acts = torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
+            with torch.no_grad():
+                r, _, _ = world.dyn.heads_logits(
+                    z[None, s + K - 1], z[None, s + K], acts, before_BChw=z[None, s + K - 2]
+                )
+            real.append(arr["reward"][s + K - 1] > 0)
+            pred.append(int(r.argmax()) == 2)
+    real, pred = np.array(real), np.array(pred)
+    hit = (real & pred).sum()
+    if before:
+        assert hit >= 0.8 * real.sum() and hit >= 0.8 * pred.sum(), (hit, real.sum(), pred.sum())
+    else:  # the transition's own two frames are identical to any still step's: the heads cannot see it
+        assert hit <= 0.5 * real.sum() or hit < 0.5 * pred.sum(), (hit, real.sum(), pred.sum())

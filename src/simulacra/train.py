@@ -175,6 +175,12 @@ class TrainConfig:
     """Max context-noise augmentation level (0 turns the augmentation off)."""
     own_context: float | None = None
     """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
+    heads_own: float | None = None
+    """Fraction of training windows whose event heads read the model's own estimate of the next frame
+    rather than the real one, as at inference (default: the size preset's)."""
+    heads_before: bool | None = None
+    """The event heads also read the motion into the transition (the change between the last two context
+    frames). Default: the size preset's."""
     change_gate: bool = True
     """Keep the grid cells the model predicts unchanged exactly as they were (no speckle piling up
     in the static parts of long rollouts). Only where the frames are pixels: on with the 'pixels'
@@ -228,6 +234,8 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "context_noise_max": cfg.context_noise_max,
         "change_weight": cfg.change_weight,
         "own_context": cfg.own_context,
+        "heads_own": cfg.heads_own,
+        "heads_before": cfg.heads_before,
     }
     pixels = ae.kind == "pixels"
     over = {k: v for k, v in given.items() if v is not None}
@@ -243,6 +251,8 @@ OPTION_OF = {
     ("dynamics", "context_noise_max"): "--context-noise-max",
     ("dynamics", "change_weight"): "--change-weight",
     ("dynamics", "own_context"): "--own-context",
+    ("dynamics", "heads_own"): "--heads-own",
+    ("dynamics", "heads_before"): "--heads-before",
 }
 """The command-line option of each model field it sets; the other fields come from the size preset."""
 RESUME_OPTION_OF = OPTION_OF | {("dynamics", "change_gate"): "--change-gate/--no-change-gate"}

@@ -83,6 +83,14 @@ class DynamicsConfig:
     """Also predict a life lost on the transition (ALE's ``info["lives"]`` going down), trained on the
     episodes whose data records lives: in Breakout a lost ball shows at once in the lives counter, while
     the episode's end often comes steps later on an unchanged frame."""
+    heads_own: float = 0.0
+    """Training: fraction of windows whose heads read the model's own estimate of the next frame (its
+    prediction at the window's flow time, gated and snapped as a sample is) instead of the real one. At
+    inference the heads read the world's sample, in which a ball may be faint or a brick unbroken; heads
+    trained only on real frames then miss the event."""
+    heads_before: bool = False
+    """With `heads_on_next`: the heads also read the change between the two last context frames, the
+    motion that leads into the transition (a ball heading for a brick, or past the paddle)."""
     gate_keep_moving: int = 0
     """Inference, with the change gate: cells within this many cells of one that changed between the last
     two context frames stay open whatever the gate says, so a moving object (a ball) can leave its cell
@@ -125,6 +133,9 @@ class DynamicsConfig:
         check("gate_keep_moving", at_least(self.gate_keep_moving, 0, "0 or more"))
         check("reward_weight", at_least(self.reward_weight, 0, "0 or more"))
         check("pad_prob", fraction(self.pad_prob))
+        check("heads_own", fraction(self.heads_own))
+        if self.heads_before and not self.heads_on_next:
+            out.append(("heads_before", "needs heads_on_next (the heads read the change into the transition)"))
         check("own_context", fraction(self.own_context))
         if self.prediction not in ("x", "v"):
             out.append(("prediction", f"must be 'x' or 'v', not {short(self.prediction)}"))
@@ -133,7 +144,16 @@ class DynamicsConfig:
         return out
 
 
-LEGACY = {"dynamics": {"gate_keep_moving": 0, "heads_on_next": False, "reward_weight": 1.0, "life_head": False}}
+LEGACY = {
+    "dynamics": {
+        "gate_keep_moving": 0,
+        "heads_on_next": False,
+        "reward_weight": 1.0,
+        "life_head": False,
+        "heads_own": 0.0,
+        "heads_before": False,
+    }
+}
 """Options added after worlds were first saved, with the value a world saved before them had: a
 world.json without them is that world, unchanged."""
 
@@ -232,7 +252,7 @@ class Dynamics(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, C + cfg.change_gate, 3, padding=1))
         # reward sign (-1, 0, +1) and termination of the transition (frame K-1, action K-1)
         self.heads_conv = nn.Sequential(
-            nn.Conv2d(2 * C, chs[0], 3, stride=2, padding=1),
+            nn.Conv2d((2 + cfg.heads_before) * C, chs[0], 3, stride=2, padding=1),
             nn.SiLU(),
             nn.Conv2d(chs[0], chs[0], 3, stride=2, padding=1),
         )
@@ -258,13 +278,17 @@ class Dynamics(nn.Module):
             h = layer(torch.cat([h, hs.pop()], 1), cond) if isinstance(layer, CondResBlock) else layer(h)
         return self.out(h)
 
-    def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None):
+    def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None, before_BChw=None):
         """(reward-sign logits (B, 3), termination logit (B,), life-loss logit (B,) or None without
         `life_head`) of the transition between two latent frames.
         With `heads_on_next` the heads see the change and the next frame, max-pooled over the grid: a brick
-        that breaks is one cell of 256, which a mean over the grid averages away."""
+        that breaks is one cell of 256, which a mean over the grid averages away. With `heads_before` they
+        also see the change from ``before_BChw`` (the frame before ``prev``; None: no motion) to ``prev``."""
         if self.cfg.heads_on_next:
-            f = self.heads_conv(torch.cat([next_BChw - prev_BChw, next_BChw], 1)).amax((2, 3))
+            parts = [next_BChw - prev_BChw, next_BChw]
+            if self.cfg.heads_before:
+                parts.append(prev_BChw - (prev_BChw if before_BChw is None else before_BChw))
+            f = self.heads_conv(torch.cat(parts, 1)).amax((2, 3))
         else:
             f = self.heads_conv(torch.cat([prev_BChw, next_BChw], 1)).mean((2, 3))
         out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
@@ -283,6 +307,7 @@ class Dynamics(nn.Module):
         if self.cfg.own_context > 0:
             ctx = self.own_context(ctx, actions, pad, rng)
         heads_in = (ctx[:, -1], z[:, K]) if self.cfg.heads_on_next else None
+        before, last = ctx[:, -2], ctx[:, -1]  # clean: the heads read frames as a sample will give them
         if self.cfg.residual:
             # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
             # global std is tiny, and dividing by it would make a moving object a huge target against unit
@@ -305,7 +330,14 @@ class Dynamics(nn.Module):
             moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
             err = err * (1 + self.cfg.change_weight * moved)
         flow = err.mean()
-        r_logits, d_logit, l_logit = self.heads_logits(*(heads_in or (ctx[:, -2], ctx[:, -1])), actions, pad)
+        if heads_in is not None and self.cfg.heads_own > 0:
+            heads_in = (
+                last,
+                self._heads_next(heads_in[1], last, out, x_t, t, gate_logit if self.cfg.change_gate else None, rng),
+            )
+        r_logits, d_logit, l_logit = self.heads_logits(
+            *(heads_in or (ctx[:, -2], ctx[:, -1])), actions, pad, before_BChw=before if heads_in is not None else None
+        )
         r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
         term = batch["terminated"][:, K - 1].float()
         w = self.cfg.reward_weight
@@ -327,6 +359,25 @@ class Dynamics(nn.Module):
         if self.cfg.change_gate:
             metrics["gate_bce"] = gate_loss.item()
         return loss, metrics
+
+    def _heads_next(self, real_BChw, last_BChw, out_BChw, x_t, t_B, gate_Bhw, rng) -> torch.Tensor:
+        """The next frame the heads read: for a random `heads_own` fraction of the windows, the model's own
+        estimate of it at this flow time (as the last Euler step would finish it: gated, added to the last
+        frame, snapped; no gradient), else the real one."""
+        with torch.no_grad():
+            est = out_BChw if self.cfg.prediction == "x" else x_t - t_B[:, None, None, None] * out_BChw
+            if gate_Bhw is not None:
+                est = est * (gate_Bhw[:, None] > 0).to(est.dtype)
+            if self.cfg.residual:
+                est = last_BChw + est
+            if self.cfg.snap_to_pixels:
+                est = self.snap(est)
+        own = (rng.rand() < self.cfg.heads_own).to(real_BChw.device)[:, None, None, None]
+        return torch.where(own, est, real_BChw)
+
+    def snap(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back."""
+        return ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
 
     def own_context(self, ctx_BKChw, actions_BK, pad_BK, rng) -> torch.Tensor:
         """Replace the last context frame of a random subset of (unpadded) windows by a sample of the
@@ -371,7 +422,7 @@ class Dynamics(nn.Module):
         if noise is None or (ctx_noise is None and self.cfg.context_noise_infer > 0):
             drawn, drawn_ctx = self.sample_noise(ctx_BKChw, generator)
             noise, ctx_noise = (drawn if noise is None else noise), (drawn_ctx if ctx_noise is None else ctx_noise)
-        base = ctx_BKChw[:, -1]
+        base, before = ctx_BKChw[:, -1], ctx_BKChw[:, -2]
         moving = self._moving_cells(ctx_BKChw) if self.cfg.change_gate and self.cfg.gate_keep_moving > 0 else None
         if self.cfg.context_noise_infer > 0:
             ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * ctx_noise
@@ -389,10 +440,10 @@ class Dynamics(nn.Module):
                 keep = gate > 0 if moving is None else (gate > 0) | moving
                 x = x * keep.to(x.dtype)  # cells predicted unchanged stay exactly as they were
             x = base + x
-        if self.cfg.snap_to_pixels:  # normalised latent -> [-1, 1] pixel -> nearest of 256 levels -> back
-            x = ((x * self.latent_std * 127.5 + 127.5).round().clamp(0, 255) - 127.5) / 127.5 / self.latent_std
+        if self.cfg.snap_to_pixels:
+            x = self.snap(x)
         prev, nxt = (base, x) if self.cfg.heads_on_next else (ctx_BKChw[:, -2], ctx_BKChw[:, -1])
-        r_logits, d_logit, _ = self.heads_logits(prev, nxt, actions_BK, pad_BK)
+        r_logits, d_logit, _ = self.heads_logits(prev, nxt, actions_BK, pad_BK, before_BChw=before)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
 
     def _moving_cells(self, ctx_BKChw: torch.Tensor) -> torch.Tensor:
