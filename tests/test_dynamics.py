@@ -185,3 +185,24 @@ def test_forward_with_heads_own_is_deterministic_in_the_keys():
     loss.backward()
     assert torch.isfinite(loss) and dyn.heads_conv[0].weight.grad.abs().sum() > 0
     assert dyn(batch)[1]["reward_ce"] == m["reward_ce"]
+
+
+def test_skip_sigma_keeps_the_input_at_low_noise_and_leaves_pure_noise_to_the_net():
+    """EDM-style preconditioning: at flow time 0 the output is x_t itself, at time 1 the U-Net's alone."""
+    dyn, plain = tiny(skip_sigma=1.0).eval(), tiny().eval()  # same seed: the same weights
+    x, ctx = torch.randn(2, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    a, lvl = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2)
+    with torch.no_grad():
+        at0 = dyn.velocity(x, torch.zeros(2), ctx, a, lvl)
+        at1, net1 = dyn.velocity(x, torch.ones(2), ctx, a, lvl), plain.velocity(x, torch.ones(2), ctx, a, lvl)
+        mid, net = (
+            dyn.velocity(x, torch.full((2,), 0.5), ctx, a, lvl),
+            plain.velocity(x, torch.full((2,), 0.5), ctx, a, lvl),
+        )
+    torch.testing.assert_close(at0, x)
+    torch.testing.assert_close(at1, net1)
+    torch.testing.assert_close(mid, x + net / 2**0.5)  # s = 1, t = 1/2: c_skip 1, c_out 1/sqrt(2)
+    with pytest.raises(SimulacraError, match="--skip-sigma needs prediction 'x'"):
+        check_model_config(
+            AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, skip_sigma=1.0, prediction="v")
+        )

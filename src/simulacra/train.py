@@ -175,6 +175,8 @@ class TrainConfig:
     """Max context-noise augmentation level (0 turns the augmentation off)."""
     own_context: float | None = None
     """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
+    skip_sigma: float | None = None
+    """EDM-style output preconditioning with this target std (0: off; default: the size preset's)."""
     heads_own: float | None = None
     """Fraction of training windows whose event heads read the model's own estimate of the next frame
     rather than the real one, as at inference (default: the size preset's)."""
@@ -235,6 +237,7 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "change_weight": cfg.change_weight,
         "own_context": cfg.own_context,
         "heads_own": cfg.heads_own,
+        "skip_sigma": cfg.skip_sigma,
         "heads_before": cfg.heads_before,
     }
     pixels = ae.kind == "pixels"
@@ -252,6 +255,7 @@ OPTION_OF = {
     ("dynamics", "change_weight"): "--change-weight",
     ("dynamics", "own_context"): "--own-context",
     ("dynamics", "heads_own"): "--heads-own",
+    ("dynamics", "skip_sigma"): "--skip-sigma",
     ("dynamics", "heads_before"): "--heads-before",
 }
 """The command-line option of each model field it sets; the other fields come from the size preset."""

@@ -47,6 +47,11 @@ class DynamicsConfig:
     prediction: str = "x"
     """What the U-Net outputs: 'x' (the clean next frame/change; the last Euler step lands exactly on
     it, so static regions stay clean) or 'v' (the flow velocity noise - data)."""
+    skip_sigma: float = 0.0
+    """With 'x' prediction: EDM's preconditioning, read in flow time. The output is c_skip(t) x_t + c_out(t)
+    F, where c_skip is the best linear guess of the target from x_t for a target of this std, so at low
+    noise the U-Net only corrects its input instead of copying a small object's exact pixels through its
+    stem. 0: off (the U-Net outputs the target)."""
     change_weight: float = 0.0
     """Extra loss weight on grid cells that change from the last frame (with `residual`), for small
     moving objects (a paddle, a ball). Off by default (docs/world-model.md has what it measured)."""
@@ -130,6 +135,9 @@ class DynamicsConfig:
         for name in ("context_noise_max", "context_noise_infer", "done_weight", "change_weight", "temperature"):
             check(name, at_least(getattr(self, name), 0, "0 or more"))
         check("gate_weight", at_least(self.gate_weight, 0, "0 or more"))
+        check("skip_sigma", at_least(self.skip_sigma, 0, "0 or more"))
+        if self.skip_sigma > 0 and self.prediction != "x":
+            out.append(("skip_sigma", "needs prediction 'x' (it preconditions the predicted target)"))
         check("gate_keep_moving", at_least(self.gate_keep_moving, 0, "0 or more"))
         check("reward_weight", at_least(self.reward_weight, 0, "0 or more"))
         check("pad_prob", fraction(self.pad_prob))
@@ -152,6 +160,7 @@ LEGACY = {
         "life_head": False,
         "heads_own": 0.0,
         "heads_before": False,
+        "skip_sigma": 0.0,
     }
 }
 """Options added after worlds were first saved, with the value a world saved before them had: a
@@ -276,7 +285,15 @@ class Dynamics(nn.Module):
         h = self.mid(h, cond)
         for layer in self.up:
             h = layer(torch.cat([h, hs.pop()], 1), cond) if isinstance(layer, CondResBlock) else layer(h)
-        return self.out(h)
+        out = self.out(h)
+        if self.cfg.skip_sigma > 0:
+            # x_t = (1 - t) x + t noise; for x of std s: E[x | x_t] = c_skip x_t, and c_out is the std left
+            s2, t = self.cfg.skip_sigma**2, t_B[:, None, None, None]
+            var = (1 - t) ** 2 * s2 + t**2
+            c_skip, c_out = (1 - t) * s2 / var, t * self.cfg.skip_sigma / var.sqrt()
+            C = self.latent_channels
+            out = torch.cat([c_skip * x_BChw + c_out * out[:, :C], out[:, C:]], 1)
+        return out
 
     def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None, before_BChw=None):
         """(reward-sign logits (B, 3), termination logit (B,), life-loss logit (B,) or None without
