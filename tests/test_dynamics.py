@@ -134,20 +134,24 @@ def test_change_gate_without_residual_is_a_clear_error():
     check_model_config(AutoencoderConfig(kind="pixels"), dyn)
 
 
-def test_heads_own_reads_the_model_s_estimate_as_a_sample_would_finish_it():
-    """heads_own: the heads' next frame is the flow's own estimate (gated, added to the last frame, snapped)
-    for the windows picked, the real one for the others; heads_own 0 always reads the real one."""
-    dyn = tiny(change_gate=True, heads_own=1.0, snap_to_pixels=True)
-    B = 3
-    real, last = torch.randn(B, 4, 4, 4), torch.randn(B, 4, 4, 4)
-    out, x_t, t = torch.randn(B, 4, 4, 4), torch.randn(B, 4, 4, 4), torch.rand(B)
-    gate = torch.randn(B, 4, 4)
-    got = dyn._heads_next(real, last, out, x_t, t, gate, KeyedRNG(torch.arange(B)))
-    want = dyn.snap(last + out * (gate[:, None] > 0))
-    torch.testing.assert_close(got, want)
-    assert torch.equal(got[:, :, gate[0] <= 0][0], dyn.snap(last)[:, :, gate[0] <= 0][0])  # closed cells: unchanged
+def test_heads_own_reads_the_model_s_own_sample_of_the_next_frame():
+    """heads_own: for the windows picked, the heads' next frame is the sample a world step would draw from the
+    same context (gated, snapped); the others keep the real one; heads_own 0 always reads the real one."""
+    dyn = tiny(change_gate=True, heads_own=0.5, snap_to_pixels=True)
+    B, K = 8, 3
+    ctx, real = torch.randn(B, K, 4, 4, 4), torch.randn(B, 4, 4, 4)
+    actions, pad = torch.randint(0, 3, (B, K)), torch.zeros(B, K, dtype=torch.bool)
+    keys = torch.arange(B) + 7
+    got = dyn.own_next(ctx, real, actions, pad, KeyedRNG(keys))
+    rng = KeyedRNG(keys)
+    pick = rng.rand() < 0.5
+    noise, ctx_noise = rng.randn(4, 4, 4), rng.randn(K, 4, 4, 4)
+    assert 0 < pick.sum() < B
+    want, _, _ = dyn.sample(ctx[pick], actions[pick], pad[pick], noise=noise[pick], ctx_noise=ctx_noise[pick])
+    torch.testing.assert_close(got[pick], want)
+    assert torch.equal(got[~pick], real[~pick])
     dyn.cfg.heads_own = 0.0
-    assert torch.equal(dyn._heads_next(real, last, out, x_t, t, gate, KeyedRNG(torch.arange(B))), real)
+    assert torch.equal(dyn.own_next(ctx, real, actions, pad, KeyedRNG(keys)), real)
 
 
 def test_heads_before_sees_the_motion_into_the_transition():
