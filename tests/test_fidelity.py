@@ -192,3 +192,21 @@ def test_probe_readings_in_range(trained_state):
     real = np.array([[0.0, 0.0], [1.0, 2.0]])
     assert probe.range_fraction(np.array([[0.5, 1.0], [0.5, 2.1]]), real) == 1.0  # inside, or within 10% of the range
     assert probe.range_fraction(np.array([[0.5, 9.0], [-5.0, 1.0]]), real) == 0.5  # a score of 9,999
+
+
+def test_probe_reads_a_small_object_on_a_still_court():
+    """Pong's case: a one-pixel-wide paddle of low contrast on a uniform court. The probe must read its
+    height; on raw frames (no mean-frame subtraction) it learned nothing on Pong (R^2 0 for every byte)."""
+    rng = np.random.default_rng(0)
+    frames, states = [], []
+    for _ in range(6):
+        y = rng.uniform(0, S - 6, 200)
+        f = np.zeros((200, S, S, 3), np.uint8)
+        f[:] = (144, 72, 17)  # Pong's court colour
+        f[:, :2] = (236, 236, 236)  # the walls
+        for t, v in enumerate(y.astype(int)):
+            f[t, v : v + 6, 28] = (92, 186, 92)  # the paddle: a 1x6 bar
+        frames.append(f)
+        states.append(y[:, None].astype(np.float32))
+    pr = probe.fit(frames, states, ["paddle_y"], steps=300, seed=0)
+    assert pr is not None and pr.r2_val[0] > 0.8, pr.r2_val

@@ -34,16 +34,25 @@ MIN_FRAMES = 64
 """Fewer real training frames than this: no probe (it would read noise)."""
 
 
+CONTRAST = 4.0
+"""The probe reads a frame minus the mean of its training frames, times this: in Pong the paddles and the
+ball are a few pixels on a still court, and on raw frames the probe learned nothing (R^2 0 for every RAM
+byte; docs/world-model.md)."""
+
+
 class StateProbe(nn.Module):
     """Small CNN: uint8 frame (B, H, W, 3) -> standardised state variables (B, S)."""
 
-    def __init__(self, n_out: int, width: int = 32):
+    def __init__(self, n_out: int, width: int = 32, mean_frame: np.ndarray | None = None):
         super().__init__()
         self.features, n = features(3, width)
         self.head = nn.Sequential(nn.Linear(n, 256), nn.SiLU(), nn.Linear(256, n_out))
+        mean = torch.zeros(()) if mean_frame is None else torch.from_numpy(np.asarray(mean_frame, np.float32))
+        self.register_buffer("mean_frame", mean)  # (H, W, 3) in 0..255: what every frame shares
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(frames.permute(0, 3, 1, 2).float() / 255.0))
+        x = (frames.float() - self.mean_frame) / 255.0 * CONTRAST
+        return self.head(self.features(x.permute(0, 3, 1, 2)))
 
 
 @dataclass
@@ -123,7 +132,8 @@ def fit(
     std = np.where(moving, std, 1.0)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = StateProbe(len(names)).to(device)
+    mean_frame = sum(xt[i : i + 1024].sum(0, dtype=np.float64) for i in range(0, len(xt), 1024)) / len(xt)
+    model = StateProbe(len(names), mean_frame=mean_frame).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     y = torch.from_numpy(((yt - mean) / std).astype(np.float32))
     w = torch.from_numpy(moving.astype(np.float32)).to(device)
