@@ -210,3 +210,16 @@ def test_skip_sigma_keeps_the_input_at_low_noise_and_leaves_pure_noise_to_the_ne
         check_model_config(
             AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, skip_sigma=1.0, prediction="v")
         )
+
+
+def test_stem_3_compares_neighbouring_cells_and_other_kernels_are_refused():
+    """stem 3: a change in one cell reaches the first features of its neighbours (stem 1: only its own)."""
+    for k in (1, 3):
+        dyn = tiny(stem=k).eval()
+        x, ctx = torch.zeros(1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4)
+        base = dyn.inp(torch.cat([x, ctx.flatten(1, 2)], 1))
+        ctx[0, -1, :, 1, 1] = 1.0
+        moved = (dyn.inp(torch.cat([x, ctx.flatten(1, 2)], 1)) - base).abs().amax(1)[0] > 0
+        assert moved[1, 1] and moved.sum() == (9 if k == 3 else 1), moved
+    with pytest.raises(SimulacraError, match="--stem must be 1 or 3"):
+        check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, stem=5))

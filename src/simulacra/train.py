@@ -175,6 +175,8 @@ class TrainConfig:
     """Max context-noise augmentation level (0 turns the augmentation off)."""
     own_context: float | None = None
     """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
+    stem: int | None = None
+    """Kernel of the dynamics' first convolution, 1 or 3 (default: the size preset's)."""
     skip_sigma: float | None = None
     """EDM-style output preconditioning with this target std (0: off; default: the size preset's)."""
     heads_own: float | None = None
@@ -238,6 +240,7 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "own_context": cfg.own_context,
         "heads_own": cfg.heads_own,
         "skip_sigma": cfg.skip_sigma,
+        "stem": cfg.stem,
         "heads_before": cfg.heads_before,
     }
     pixels = ae.kind == "pixels"
@@ -256,6 +259,7 @@ OPTION_OF = {
     ("dynamics", "own_context"): "--own-context",
     ("dynamics", "heads_own"): "--heads-own",
     ("dynamics", "skip_sigma"): "--skip-sigma",
+    ("dynamics", "stem"): "--stem",
     ("dynamics", "heads_before"): "--heads-before",
 }
 """The command-line option of each model field it sets; the other fields come from the size preset."""

@@ -32,6 +32,9 @@ class DynamicsConfig:
     """Width multiplier per U-Net level (each further level halves the grid)."""
     blocks: int = 1
     """Residual blocks per level."""
+    stem: int = 1
+    """Kernel of the first convolution over the stacked frames: 1 embeds each cell alone; 3 lets it compare a
+    cell with its neighbours across the context frames, where a small object's motion shows."""
     cond_dim: int = 128
     """Width of the conditioning vector (flow time, actions, context-noise level)."""
     sampling_steps: int = 4
@@ -127,6 +130,8 @@ class DynamicsConfig:
                     f"has {len(mult)} levels, more than a {latent_hw[0]}x{latent_hw[1]} latent grid can halve",
                 )
             )
+        if self.stem not in (1, 3):
+            out.append(("stem", f"must be 1 or 3, not {short(self.stem)}"))
         if not 1 <= self.blocks <= MAX_BLOCKS:
             out.append(("blocks", f"must be 1 to {MAX_BLOCKS}, not {self.blocks}"))
         if self.cond_dim < 2 or self.cond_dim % 2:
@@ -161,6 +166,7 @@ LEGACY = {
         "heads_own": 0.0,
         "heads_before": False,
         "skip_sigma": 0.0,
+        "stem": 1,
     }
 }
 """Options added after worlds were first saved, with the value a world saved before them had: a
@@ -238,9 +244,9 @@ class Dynamics(nn.Module):
         self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.noise_embed = nn.Linear(D, D)
         chs = [cfg.channels * m for m in cfg.channel_mult]
-        # 1x1: a per-cell embedding of the stacked frames; the residual blocks give the spatial context, and a
-        # 3x3 stem over all (K+1)*C input channels would cost a fifth of the U-Net's FLOPs
-        self.inp = nn.Conv2d(C * (K + 1), chs[0], 1)
+        # stem 1: a per-cell embedding of the stacked frames, the residual blocks give the spatial context; a 3x3
+        # stem over all (K+1)*C input channels is a fifth of the U-Net's FLOPs by count
+        self.inp = nn.Conv2d(C * (K + 1), chs[0], cfg.stem, padding=cfg.stem // 2)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
         cin = chs[0]
