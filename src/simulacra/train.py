@@ -180,7 +180,7 @@ class TrainConfig:
     skip_sigma: float | None = None
     """EDM-style output preconditioning with this target std (0: off; default: the size preset's)."""
     heads_own: float | None = None
-    """Fraction of training windows whose event heads read the model's own estimate of the next frame
+    """Fraction of training windows whose event heads read the model's own sample of the next frame
     rather than the real one, as at inference (default: the size preset's)."""
     heads_before: bool | None = None
     """The event heads also read the motion into the transition (the change between the last two context
