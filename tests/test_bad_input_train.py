@@ -141,6 +141,7 @@ BAD_TRAIN = [
     (["--patch", "3"], "--patch"),  # does not tile 16x16 frames
     (["--patch", "0"], "--patch"),
     (["--size", "huge"], "huge"),
+    (["--precision", "fp16"], "--precision"),
 ]
 
 

@@ -223,3 +223,18 @@ def test_stem_3_compares_neighbouring_cells_and_other_kernels_are_refused():
         assert moved[1, 1] and moved.sum() == (9 if k == 3 else 1), moved
     with pytest.raises(SimulacraError, match="--stem must be 1 or 3"):
         check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, stem=5))
+
+
+def test_the_output_layer_stays_fp32_under_bf16_autocast():
+    """Mixed-precision training computes the U-Net in bf16 but its output, which lands in 8-bit pixels, in fp32."""
+    dyn = tiny().eval()
+    x, ctx = torch.randn(2, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    a, lvl, t = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2), torch.full((2,), 0.5)
+    with torch.no_grad():
+        full = dyn.velocity(x, t, ctx, a, lvl)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = dyn.velocity(x, t, ctx, a, lvl)
+            inner = dyn.inp(torch.cat([x, ctx.flatten(1, 2)], 1))
+    assert inner.dtype == torch.bfloat16  # autocast is on for the layers before it
+    assert mixed.dtype == torch.float32 and full.dtype == torch.float32
+    torch.testing.assert_close(mixed, full, atol=0.05, rtol=0.05)  # the same function, to bf16's precision

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+import simulacra.loop as loop_mod
 from simulacra.errors import SimulacraError
-from simulacra.loop import CALIBRATE, MARGIN, WARMUP_UNTIMED, Budget, LoopConfig, fit, lr_lambda
+from simulacra.loop import CALIBRATE, MARGIN, WARMUP_UNTIMED, Budget, LoopConfig, autocast_dtype, fit, lr_lambda
 from simulacra.models.autoencoder import AutoencoderConfig
 from simulacra.models.dynamics import DynamicsConfig
 from simulacra.train import SIZES, SizePreset, TrainConfig, model_configs
@@ -141,6 +142,36 @@ def test_non_finite_step_stops_with_one_line_and_saves_nothing_of_it(tmp_path, b
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000002", "step_0000004"]  # no step 6, no temp dir
     assert np.isfinite(load_file(tmp_path / "step_0000004/model.safetensors")["w"]).all()
+
+
+class DtypeSpy(torch.nn.Module):
+    """Records the dtype its linear layer computes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, batch):
+        y = self.lin(batch["x"][None])
+        self.seen.append(y.dtype)
+        return y.float().pow(2).mean(), {}
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_loop_computes_in_bf16_only_where_asked_and_native(tmp_path, monkeypatch, precision, native):
+    monkeypatch.setattr(loop_mod, "native_bf16", lambda device: native)
+    model = DtypeSpy()
+    fit(model, get_batch, LoopConfig(3, 2, 1e-3, warmup=1, log_every=10**9, precision=precision), tmp_path, "spy")
+    want = torch.bfloat16 if precision == "bf16" and native else torch.float32
+    assert model.seen == [want] * 3
+    assert model.lin.weight.dtype == torch.float32  # the weights (and the optimizer's state) stay fp32
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(SimulacraError, match="precision must be one of bf16, fp32, not 'fp16'"):
+        autocast_dtype(torch.device("cpu"), "fp16")
 
 
 # ---- size presets -----------------------------------------------------------------------------

@@ -60,6 +60,24 @@ class LoopConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 500
     log_every: int = 10
+    precision: str = "bf16"
+    """'bf16': autocast to bfloat16 where the device computes it natively (CUDA, or a CPU with AVX512-BF16 or
+    AMX; elsewhere bf16 is emulated and slower, so fp32); 'fp32': never."""
+
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype a stage's forward pass computes in on ``device``: bf16 only where asked and native."""
+    if precision not in PRECISIONS:
+        raise SimulacraError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return torch.bfloat16 if precision == "bf16" and native_bf16(device) else torch.float32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware (oneDNN reports AVX512-BF16 or AMX on a CPU)."""
+    return device.type == "cuda" or (device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 # ---- distributed -------------------------------------------------------------------------------
@@ -359,8 +377,8 @@ def fit(
     if budget is not None:
         budget.begin(start, partial(_from_rank0, device=device) if world > 1 else _same, plan=steps)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    on_gpu = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+    dtype = autocast_dtype(device, cfg.precision)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     tty = sys.stderr.isatty()
     bar = tqdm(total=steps, initial=start, desc=name, disable=rank != 0 or not tty, dynamic_ncols=True)
     lines = _Lines(name, start) if rank == 0 and not tty else None

@@ -291,7 +291,9 @@ class Dynamics(nn.Module):
         h = self.mid(h, cond)
         for layer in self.up:
             h = layer(torch.cat([h, hs.pop()], 1), cond) if isinstance(layer, CondResBlock) else layer(h)
-        out = self.out(h)
+        # the output lands in 8-bit pixels, where bf16's 8-bit mantissa is half a gray level: it stays in fp32
+        with torch.autocast(h.device.type, enabled=False):
+            out = self.out(h.float())
         if self.cfg.skip_sigma > 0:
             # x_t = (1 - t) x + t noise; for x of std s: E[x | x_t] = c_skip x_t, and c_out is the std left
             s2, t = self.cfg.skip_sigma**2, t_B[:, None, None, None]
