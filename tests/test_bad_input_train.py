@@ -142,6 +142,8 @@ BAD_TRAIN = [
     (["--patch", "0"], "--patch"),
     (["--size", "huge"], "huge"),
     (["--precision", "fp16"], "--precision"),
+    (["--time-shift", "0"], "--time-shift"),
+    (["--time-shift", "nan"], "--time-shift"),
 ]
 
 

@@ -238,3 +238,22 @@ def test_the_output_layer_stays_fp32_under_bf16_autocast():
     assert inner.dtype == torch.bfloat16  # autocast is on for the layers before it
     assert mixed.dtype == torch.float32 and full.dtype == torch.float32
     torch.testing.assert_close(mixed, full, atol=0.05, rtol=0.05)  # the same function, to bf16's precision
+
+
+def test_time_shift_moves_flow_time_towards_noise_and_keeps_the_ends():
+    """SD3's shift: t' = s t / (1 + (s - 1) t). Training draws and the sampler's steps both go through it."""
+    dyn = tiny(time_shift=3.0)
+    assert dyn.shift(0.0) == 0.0 and dyn.shift(1.0) == 1.0 and dyn.shift(0.5) == pytest.approx(0.75)
+    assert tiny().shift(0.3) == 0.3  # no shift by default
+    seen = []
+    real = dyn.velocity
+
+    def spy(x, t, *a, **k):
+        seen.append(float(t[0]))
+        return real(x, t, *a, **k)
+
+    dyn.velocity = spy
+    dyn.eval().sample(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, dtype=torch.long))
+    assert seen == pytest.approx([1.0, 0.75])  # 2 Euler steps from t = 1, the second at shift(0.5)
+    with pytest.raises(SimulacraError, match="--time-shift must be a positive number"):
+        check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, time_shift=0.0))

@@ -179,6 +179,9 @@ class TrainConfig:
     """Fraction of training windows whose last context frame is the model's own sample (default: the size preset's)."""
     stem: int | None = None
     """Kernel of the dynamics' first convolution, 1 or 3 (default: the size preset's)."""
+    time_shift: float | None = None
+    """Shift of the dynamics' flow time towards high noise, in training and sampling (1: none; default: the
+    size preset's)."""
     skip_sigma: float | None = None
     """EDM-style output preconditioning with this target std (0: off; default: the size preset's)."""
     heads_own: float | None = None
@@ -246,6 +249,7 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "own_context": cfg.own_context,
         "heads_own": cfg.heads_own,
         "skip_sigma": cfg.skip_sigma,
+        "time_shift": cfg.time_shift,
         "stem": cfg.stem,
         "heads_before": cfg.heads_before,
     }
@@ -265,6 +269,7 @@ OPTION_OF = {
     ("dynamics", "own_context"): "--own-context",
     ("dynamics", "heads_own"): "--heads-own",
     ("dynamics", "skip_sigma"): "--skip-sigma",
+    ("dynamics", "time_shift"): "--time-shift",
     ("dynamics", "stem"): "--stem",
     ("dynamics", "heads_before"): "--heads-before",
 }
