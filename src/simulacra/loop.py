@@ -60,7 +60,7 @@ class LoopConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 500
     log_every: int = 10
-    precision: str = "bf16"
+    precision: str = "fp32"
     """'bf16': autocast to bfloat16 where the device computes it natively (CUDA, or a CPU with AVX512-BF16 or
     AMX; elsewhere bf16 is emulated and slower, so fp32); 'fp32': never."""
 

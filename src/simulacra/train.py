@@ -91,9 +91,12 @@ SIZES: dict[str, SizePreset] = {
     ),
     # nano is sized for minutes on a 2-core CPU: its steps are a plan that the budget cuts to what fits.
     # No own_context: its extra forward passes cost more of a fixed budget's steps than they win back.
+    # The 3x3 stem, change weight 20 and time shift 3 are measured on Breakout in docs/world-model.md.
     "nano": SizePreset(
         ae=AutoencoderConfig(channels=64, latent_channels=8),
-        dyn=DynamicsConfig(context=4, channels=48, channel_mult=(1, 2, 2), cond_dim=128),
+        dyn=DynamicsConfig(
+            context=4, channels=48, channel_mult=(1, 2, 2), cond_dim=128, stem=3, change_weight=20.0, time_shift=3.0
+        ),
         ae_steps=1200,
         dyn_steps=4000,
         ae_batch=32,
@@ -195,10 +198,11 @@ class TrainConfig:
     in the static parts of long rollouts). Only where the frames are pixels: on with the 'pixels'
     autoencoder unless --no-change-gate, off with learned latents. Decided here, for every trained
     world; the dynamics model's own default (off) is for models built by hand."""
-    precision: str = "bf16"
-    """Train in bfloat16 autocast where the device computes it natively (CUDA; a CPU with AVX512-BF16 or AMX:
-    1.4x the dynamics steps per second on a Zen 4 core), else in fp32; 'fp32' always trains in fp32. The output
-    layer of the dynamics stays fp32. config.json records what the run used."""
+    precision: str = "fp32"
+    """'bf16' trains in bfloat16 autocast where the device computes it natively (CUDA; a CPU with AVX512-BF16 or
+    AMX: 1.4x the dynamics steps per second on a Zen 4 core), else in fp32; the output layer of the dynamics stays
+    fp32. Default fp32: at equal steps one bf16 Breakout world was far worse than its fp32 twin
+    (docs/world-model.md). config.json records what the run used."""
     holdout: float = 0.1
     """Fraction of episodes held out for evaluation (never trained on)."""
     ckpt_every: int = 250
