@@ -2,7 +2,7 @@
 through the real training loop (``loop.fit``: AdamW, bf16 autocast on CUDA, clipping, the per-sample
 keyed noise), on synthetic latent windows of the 'pixels' autoencoder (speed does not depend on values).
 
-    python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64] [--profile]
+    python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64] [--profile] [--stem 1]
 
 --profile also runs torch.profiler over the timed steps and prints the top operators by self time
 (host and device), to see whether a size is bound by the device or by launching work from Python.
@@ -34,12 +34,19 @@ from simulacra.train import SIZES
 
 
 def measure(
-    size: str, device: str, steps: int, warmup: int, frame: int, batch: int | None, profile: bool = False
+    size: str,
+    device: str,
+    steps: int,
+    warmup: int,
+    frame: int,
+    batch: int | None,
+    profile: bool = False,
+    stem: int | None = None,
 ) -> dict:
     preset = SIZES[size]
     ae = Autoencoder(AutoencoderConfig(kind="pixels"))
     C, h, w = ae.latent_channels, frame // ae.cfg.patch, frame // ae.cfg.patch
-    dyn_cfg = replace(preset.dyn, snap_to_pixels=True)
+    dyn_cfg = replace(preset.dyn, snap_to_pixels=True, stem=stem or preset.dyn.stem)
     space = ActionSpace.discrete(6)
     torch.manual_seed(0)
     model = Dynamics(dyn_cfg, C, space)
@@ -109,6 +116,7 @@ def main() -> None:
     ap.add_argument("--frame", type=int, default=64, help="square frame side in pixels")
     ap.add_argument("--batch", type=int, default=None, help="override the presets' batch size")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per size")
+    ap.add_argument("--stem", type=int, default=None, help="override the presets' first-convolution kernel (1 or 3)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -117,7 +125,9 @@ def main() -> None:
         os.environ.pop("WORLD_SIZE", None)
     rows = []
     for size in args.sizes:
-        rows.append(measure(size, args.device, args.steps, args.warmup, args.frame, args.batch, args.profile))
+        rows.append(
+            measure(size, args.device, args.steps, args.warmup, args.frame, args.batch, args.profile, args.stem)
+        )
         r = rows[-1]
         print(
             f"{size:6s} {r['params_M']:7.2f}M params  batch {r['batch']:4d}  {r['steps_per_s']:8.2f} steps/s "
