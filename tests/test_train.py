@@ -56,8 +56,8 @@ def test_run_folder_has_config_checkpoints_and_world(reference):
     cfg = json.loads((reference / "config.json").read_text())
     assert cfg["size"] == "debug" and cfg["ae_loop"]["steps"] == 12 and cfg["holdout_episodes"]
     assert not set(cfg["train_episodes"]) & set(cfg["holdout_episodes"])
-    # fp32 by default (bf16 is asked for); the run says which it used
-    assert cfg["dyn_loop"]["precision"] == "fp32" and cfg["compute_dtype"] == "float32"
+    # 'auto': fp32 on a CPU (bf16 is asked for there); the run says which it used
+    assert cfg["dyn_loop"]["precision"] == "auto" and cfg["compute_dtype"] == "float32"
     ckpts = sorted(p.name for p in (reference / "checkpoints/dynamics").iterdir())
     assert ckpts == ["step_0000003", "step_0000006", "step_0000009", "step_0000012"]
     for c in ckpts:

@@ -159,18 +159,25 @@ class DtypeSpy(torch.nn.Module):
 
 
 @pytest.mark.parametrize("native", [True, False])
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp32"])
 def test_the_loop_computes_in_bf16_only_where_asked_and_native(tmp_path, monkeypatch, precision, native):
     monkeypatch.setattr(loop_mod, "native_bf16", lambda device: native)
     model = DtypeSpy()
     fit(model, get_batch, LoopConfig(3, 2, 1e-3, warmup=1, log_every=10**9, precision=precision), tmp_path, "spy")
-    want = torch.bfloat16 if precision == "bf16" and native else torch.float32
+    want = torch.bfloat16 if precision == "bf16" and native else torch.float32  # 'auto' is fp32 on a CPU
     assert model.seen == [want] * 3
     assert model.lin.weight.dtype == torch.float32  # the weights (and the optimizer's state) stay fp32
 
 
+def test_auto_precision_is_bf16_on_cuda_only():
+    # no GPU needed: the dtype is decided from the device's type
+    assert autocast_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+    assert autocast_dtype(torch.device("cpu"), "auto") == torch.float32
+    assert autocast_dtype(torch.device("cuda"), "fp32") == torch.float32
+
+
 def test_an_unknown_precision_is_refused():
-    with pytest.raises(SimulacraError, match="precision must be one of bf16, fp32, not 'fp16'"):
+    with pytest.raises(SimulacraError, match="precision must be one of auto, bf16, fp32, not 'fp16'"):
         autocast_dtype(torch.device("cpu"), "fp16")
 
 

@@ -60,19 +60,22 @@ class LoopConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 500
     log_every: int = 10
-    precision: str = "fp32"
-    """'bf16': autocast to bfloat16 where the device computes it natively (CUDA, or a CPU with AVX512-BF16 or
-    AMX; elsewhere bf16 is emulated and slower, so fp32); 'fp32': never."""
+    precision: str = "auto"
+    """'auto': bf16 autocast on CUDA, fp32 on a CPU (where bf16 made worse Breakout worlds at equal steps,
+    docs/world-model.md); 'bf16': autocast to bfloat16 where the device computes it natively (CUDA, or a CPU
+    with AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower, so fp32); 'fp32': never."""
 
 
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """The dtype a stage's forward pass computes in on ``device``: bf16 only where asked and native."""
+    """The dtype a stage's forward pass computes in on ``device``: bf16 only where asked (or 'auto' on CUDA) and
+    native."""
     if precision not in PRECISIONS:
         raise SimulacraError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    return torch.bfloat16 if precision == "bf16" and native_bf16(device) else torch.float32
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 and native_bf16(device) else torch.float32
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -198,11 +198,11 @@ class TrainConfig:
     in the static parts of long rollouts). Only where the frames are pixels: on with the 'pixels'
     autoencoder unless --no-change-gate, off with learned latents. Decided here, for every trained
     world; the dynamics model's own default (off) is for models built by hand."""
-    precision: str = "fp32"
-    """'bf16' trains in bfloat16 autocast where the device computes it natively (CUDA; a CPU with AVX512-BF16 or
-    AMX: 1.4x the dynamics steps per second on a Zen 4 core), else in fp32; the output layer of the dynamics stays
-    fp32. Default fp32: at equal steps one bf16 Breakout world was far worse than its fp32 twin
-    (docs/world-model.md). config.json records what the run used."""
+    precision: str = "auto"
+    """'auto': bf16 autocast on CUDA, fp32 on a CPU; 'bf16' also on a CPU that computes it natively (AVX512-BF16
+    or AMX: 1.4x the dynamics steps per second on a Zen 4 core), but at equal steps bf16 Breakout worlds came
+    out worse there (docs/world-model.md); 'fp32' everywhere. The dynamics' output layer stays fp32.
+    config.json records what the run used."""
     holdout: float = 0.1
     """Fraction of episodes held out for evaluation (never trained on)."""
     ckpt_every: int = 250

@@ -143,9 +143,7 @@ def train_planning(
     deadline = None if not minutes else t0 + 60 * minutes
     torch.manual_seed(seed)
     jepa = WORLDS[world][1](jepa_cfg, ds.frame_shape[:2])
-    # the planning worlds' CPU figures (docs/plan.md) were measured in fp32; only a GPU trains them in bf16
-    precision = "bf16" if torch.cuda.is_available() else "fp32"
-    loop = LoopConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup=200, ckpt_every=500, precision=precision)
+    loop = LoopConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup=200, ckpt_every=500)
     if world == "cells":
         if not hasattr(task, "heading"):
             raise SimulacraError(f"the {task.name} task records no heading; the cell world needs cell and heading")
