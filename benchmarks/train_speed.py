@@ -3,6 +3,7 @@ through the real training loop (``loop.fit``: AdamW, bf16 autocast on CUDA, clip
 keyed noise), on synthetic latent windows of the 'pixels' autoencoder (speed does not depend on values).
 
     python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64] [--profile] [--stem 1]
+        [--patch 2] [--channels 32] [--channel-mult 1 2 3]
 
 --profile also runs torch.profiler over the timed steps and prints the top operators by self time
 (host and device), to see whether a size is bound by the device or by launching work from Python.
@@ -42,11 +43,20 @@ def measure(
     batch: int | None,
     profile: bool = False,
     stem: int | None = None,
+    patch: int | None = None,
+    channels: int | None = None,
+    channel_mult: tuple[int, ...] | None = None,
 ) -> dict:
     preset = SIZES[size]
-    ae = Autoencoder(AutoencoderConfig(kind="pixels"))
+    ae = Autoencoder(AutoencoderConfig(kind="pixels", patch=patch or 4))
     C, h, w = ae.latent_channels, frame // ae.cfg.patch, frame // ae.cfg.patch
-    dyn_cfg = replace(preset.dyn, snap_to_pixels=True, stem=stem or preset.dyn.stem)
+    dyn_cfg = replace(
+        preset.dyn,
+        snap_to_pixels=True,
+        stem=stem or preset.dyn.stem,
+        channels=channels or preset.dyn.channels,
+        channel_mult=tuple(channel_mult or preset.dyn.channel_mult),
+    )
     space = ActionSpace.discrete(6)
     torch.manual_seed(0)
     model = Dynamics(dyn_cfg, C, space)
@@ -117,6 +127,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="override the presets' batch size")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per size")
     ap.add_argument("--stem", type=int, default=None, help="override the presets' first-convolution kernel (1 or 3)")
+    ap.add_argument("--patch", type=int, default=None, help="pixel patch of the grid (default 4: 16x16 cells)")
+    ap.add_argument("--channels", type=int, default=None, help="override the presets' U-Net width")
+    ap.add_argument("--channel-mult", type=int, nargs="+", default=None, help="override the width per level")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -126,7 +139,19 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         rows.append(
-            measure(size, args.device, args.steps, args.warmup, args.frame, args.batch, args.profile, args.stem)
+            measure(
+                size,
+                args.device,
+                args.steps,
+                args.warmup,
+                args.frame,
+                args.batch,
+                args.profile,
+                args.stem,
+                args.patch,
+                args.channels,
+                args.channel_mult,
+            )  # fmt: skip
         )
         r = rows[-1]
         print(

@@ -149,6 +149,16 @@ def describe(e: BaseException) -> str:
     return _one_line(f"{what} (run with {DEBUG_FLAG} for the traceback)")
 
 
+def _linger_in_a_process_group(seconds: float = 2.0) -> None:
+    """torchrun stops every process of a group as soon as one exits with an error. Where all of them fail
+    together (rank 0 refused the run folder and told the others), each must get its line out before the first
+    exit, so a process of a group waits a moment after saying why it stops."""
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        import time
+
+        time.sleep(seconds)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The command. Every failure is one line on stderr and a non-zero exit (1; tyro's own argument
     errors 2; an interrupt 130); --debug (or SIMULACRA_DEBUG=1) lets an error's traceback through."""
@@ -180,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if debug:
             raise
-        print(f"simulacra {verb}: error: {describe(e)}", file=sys.stderr)
+        print(f"simulacra {verb}: error: {describe(e)}", file=sys.stderr, flush=True)
+        _linger_in_a_process_group()
         sys.exit(1)
     finally:
         logging.getLogger("simulacra").removeHandler(handler)
