@@ -100,3 +100,23 @@ def test_sigkill_loses_only_episodes_in_progress(tmp_path):
     p = run("data", "verify", str(out), "--repair", "--json", cwd=tmp_path)
     assert json.loads(p.stdout)["lost"] == [] and json.loads(p.stdout)["ok"]
     assert not (out / ".simulacra.lock").exists()  # the killed recorder's lock was taken over and released
+
+
+def test_a_failing_process_of_a_torchrun_group_lingers_after_its_line(monkeypatch, capsys, tmp_path):
+    """torchrun stops a whole group when one process exits with an error: each one says why first, then waits a
+    moment, so that the lines of processes failing together all get out (a rank was once killed mid-way)."""
+    from simulacra.cli import main
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", lambda s: slept.append((s, capsys.readouterr().err)))
+    bad = ["record", "--env-id", "NoSuchEnv-v0", "--episodes", "1", "--out", str(tmp_path / "x")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        main(bad)
+    assert e.value.code == 1 and len(slept) == 1
+    seconds, said_before = slept[0]
+    assert seconds >= 1 and "unknown env id 'NoSuchEnv-v0'" in said_before  # the line, then the wait
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit):
+        main(bad)
+    assert len(slept) == 1  # alone, an error exits at once
