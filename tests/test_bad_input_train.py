@@ -315,6 +315,7 @@ RESUME_CHANGES = [
     ({"--autoencoder": "learned"}, "--autoencoder"),
     ({"--own-context": "0.5"}, "--own-context"),
     ({"--change-weight": "2"}, "--change-weight"),
+    ({"--context-deltas": "True"}, "--context-deltas"),
     ({"--seed": "1"}, "--seed"),
     ({"--batch-size": "4"}, "--batch-size"),
     ({"--holdout": "0.5"}, "--holdout"),

@@ -257,3 +257,16 @@ def test_time_shift_moves_flow_time_towards_noise_and_keeps_the_ends():
     assert seen == pytest.approx([1.0, 0.75])  # 2 Euler steps from t = 1, the second at shift(0.5)
     with pytest.raises(SimulacraError, match="--time-shift must be a positive number"):
         check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, time_shift=0.0))
+
+
+def test_context_deltas_feed_the_earlier_frames_as_their_change_to_the_last():
+    """With context_deltas the U-Net sees frames 0..K-2 minus frame K-1, and frame K-1 itself: the same weights
+    given that differenced context by hand agree exactly; so a still context enters as zeros but the last frame."""
+    deltas, plain = tiny(context_deltas=True).eval(), tiny().eval()
+    plain.load_state_dict(deltas.state_dict())
+    x, ctx = torch.randn(2, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    a, lvl, t = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2), torch.full((2,), 0.5)
+    by_hand = torch.cat([ctx[:, :-1] - ctx[:, -1:], ctx[:, -1:]], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(deltas.velocity(x, t, ctx, a, lvl), plain.velocity(x, t, by_hand, a, lvl))
+        assert not torch.allclose(deltas.velocity(x, t, ctx, a, lvl), plain.velocity(x, t, ctx, a, lvl))

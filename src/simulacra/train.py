@@ -185,6 +185,9 @@ class TrainConfig:
     time_shift: float | None = None
     """Shift of the dynamics' flow time towards high noise, in training and sampling (1: none; default: the
     size preset's)."""
+    context_deltas: bool | None = None
+    """The earlier context frames enter the dynamics as their change to the last one (default: the size
+    preset's)."""
     skip_sigma: float | None = None
     """EDM-style output preconditioning with this target std (0: off; default: the size preset's)."""
     heads_own: float | None = None
@@ -254,6 +257,7 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "heads_own": cfg.heads_own,
         "skip_sigma": cfg.skip_sigma,
         "time_shift": cfg.time_shift,
+        "context_deltas": cfg.context_deltas,
         "stem": cfg.stem,
         "heads_before": cfg.heads_before,
     }
@@ -274,6 +278,7 @@ OPTION_OF = {
     ("dynamics", "heads_own"): "--heads-own",
     ("dynamics", "skip_sigma"): "--skip-sigma",
     ("dynamics", "time_shift"): "--time-shift",
+    ("dynamics", "context_deltas"): "--context-deltas",
     ("dynamics", "stem"): "--stem",
     ("dynamics", "heads_before"): "--heads-before",
 }
