@@ -91,11 +91,18 @@ SIZES: dict[str, SizePreset] = {
     ),
     # nano is sized for minutes on a 2-core CPU: its steps are a plan that the budget cuts to what fits.
     # No own_context: its extra forward passes cost more of a fixed budget's steps than they win back.
-    # The 3x3 stem, change weight 20 and time shift 3 are measured on Breakout in docs/world-model.md.
+    # The 3x3 stem, change weight 20, time shift 3 and context deltas are measured on Breakout in docs/world-model.md.
     "nano": SizePreset(
         ae=AutoencoderConfig(channels=64, latent_channels=8),
         dyn=DynamicsConfig(
-            context=4, channels=48, channel_mult=(1, 2, 2), cond_dim=128, stem=3, change_weight=20.0, time_shift=3.0
+            context=4,
+            channels=48,
+            channel_mult=(1, 2, 2),
+            cond_dim=128,
+            stem=3,
+            change_weight=20.0,
+            time_shift=3.0,
+            context_deltas=True,
         ),
         ae_steps=1200,
         dyn_steps=4000,
