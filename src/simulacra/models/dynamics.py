@@ -66,8 +66,8 @@ class DynamicsConfig:
     context_deltas: bool = False
     """The earlier context frames enter the U-Net as their change to the last one (the last frame stays as it
     is). The same information as the frames themselves, but a moving ball is then the whole of its channels
-    instead of a few dim pixels on a static screen; on Breakout only this made the 4x4 grid move the ball
-    within nano's budget (docs/world-model.md, sixth round)."""
+    instead of a few dim pixels on a static screen, which is what the optimiser finds first (docs/world-model.md,
+    sixth round, has what it measured)."""
     temperature: float = 1.0
     """Inference: scale of the initial noise. 1 samples the learned distribution; lower trades
     diversity for fidelity (0 = the deterministic flow from the noise mean)."""
