@@ -88,16 +88,6 @@ class Events(nn.Module):
             out = torch.cat([out[:, :3], before], 1)
         return memory_BH, out[:, :3], out[:, 3], out[:, 4] if self.cfg.life_head else None
 
-    def warm(self, latents_BTChw, actions_BT, pad_BT=None) -> torch.Tensor:
-        """The memory after the transitions between consecutive frames of a context (a world's reset).
-        Transitions into or out of a padded slot (before the episode began) are skipped."""
-        B, T = latents_BTChw.shape[:2]
-        m = self.initial_memory(B, latents_BTChw.device)
-        for t in range(T - 1):
-            new, *_ = self.step(m, latents_BTChw[:, t], latents_BTChw[:, t + 1], actions_BT[:, t])
-            m = new if pad_BT is None else torch.where(pad_BT[:, t, None], m, new)
-        return m
-
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: latents (B, T+1, C, h, w) [normalised], action (B, T), reward (B, T), terminated (B, T), and
         optionally life_loss (B, T) with has_lives (B,)."""
@@ -220,7 +210,7 @@ def main() -> None:
                 real["termination"].append(bool(ep["terminated"][t]))
                 pred["termination"].append(float(d.sigmoid()) > 0.5)
                 real["life_loss"].append(bool(ep["life_loss"][t]))
-                pred["life_loss"].append(float(life.sigmoid()) > 0.5)
+                pred["life_loss"].append(life is not None and float(life.sigmoid()) > 0.5)
     out = {"run": args.run, "data": args.data, "heldout": args.heldout, "steps": args.steps,
            "train_seconds": round(train_s, 1), "config": asdict(cfg), "events": {}}  # fmt: skip
     for k in real:
