@@ -38,12 +38,7 @@ def main() -> None:
         for s in range(ds.episodes[i].length - K + 1):
             acts = torch.from_numpy(np.array(arr["action"][s : s + K]))[None]
             with torch.no_grad():
-                if world.dyn.cfg.heads_on_next:
-                    r, d, life = world.dyn.heads_logits(
-                        z[None, s + K - 1], z[None, s + K], acts, before_BChw=z[None, s + K - 2]
-                    )
-                else:
-                    r, d, life = world.dyn.heads_logits(z[None, s + K - 2], z[None, s + K - 1], acts)
+                r, d, life = world.dyn.heads_logits(z[None, s : s + K], z[None, s + K], acts)
             t = s + K - 1
             life_hit = life is not None and float(life.sigmoid()) > 0.5
             rows.append(

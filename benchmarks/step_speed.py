@@ -160,7 +160,7 @@ def main() -> None:
         eager_ms = {
             "decoder": ms(world.ae.decode, z),
             "unet (one Euler step)": ms(world.dyn.velocity, z, t, x1["context"], x1["actions"], level, x1["pad"]),
-            "heads": ms(world.dyn.heads_logits, x1["context"][:, -1], z, x1["actions"], x1["pad"]),
+            "heads": ms(world.dyn.heads_logits, x1["context"], z, x1["actions"], x1["pad"]),
         }
     torch.set_num_threads(args.threads)
     ort_ms = ort_breakdown(tmp / "step.onnx", x1, args.threads)

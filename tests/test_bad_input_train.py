@@ -316,6 +316,7 @@ RESUME_CHANGES = [
     ({"--own-context": "0.5"}, "--own-context"),
     ({"--change-weight": "2"}, "--change-weight"),
     ({"--context-deltas": "True"}, "--context-deltas"),
+    ({"--heads-context": "True"}, "--heads-context"),
     ({"--seed": "1"}, "--seed"),
     ({"--batch-size": "4"}, "--batch-size"),
     ({"--holdout": "0.5"}, "--holdout"),

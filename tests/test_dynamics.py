@@ -156,15 +156,35 @@ def test_heads_own_reads_the_model_s_own_sample_of_the_next_frame():
 
 def test_heads_before_sees_the_motion_into_the_transition():
     dyn = tiny(heads_before=True).eval()
-    prev, nxt = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    ctx, nxt = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 4, 4, 4)
     a = torch.zeros(2, 3, dtype=torch.long)
+    still, moved, earlier = ctx.clone(), ctx.clone(), ctx.clone()
+    still[:, -2] = ctx[:, -1]
+    moved[:, -2] = ctx[:, -1] + 1.0
+    earlier[:, 0] += 1.0
     with torch.no_grad():
-        still = dyn.heads_logits(prev, nxt, a, before_BChw=prev)
-        none = dyn.heads_logits(prev, nxt, a)  # no frame before: no motion
-        moved = dyn.heads_logits(prev, nxt, a, before_BChw=prev + 1.0)
-    torch.testing.assert_close(still[0], none[0])
-    assert not torch.allclose(still[0], moved[0])
+        r = {
+            k: dyn.heads_logits(c, nxt, a)[0]
+            for k, c in (("ctx", ctx), ("still", still), ("moved", moved), ("earlier", earlier))
+        }
+    assert not torch.allclose(r["still"], r["moved"])
+    torch.testing.assert_close(r["ctx"], r["earlier"])  # only the frame right before the transition counts
     assert dyn.heads_conv[0].in_channels == 3 * 4 and tiny().heads_conv[0].in_channels == 2 * 4
+
+
+def test_heads_context_see_every_earlier_context_frame():
+    dyn = tiny(heads_context=True).eval()
+    ctx, nxt = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    a = torch.zeros(2, 3, dtype=torch.long)
+    earlier = ctx.clone()
+    earlier[:, 0] += 1.0
+    with torch.no_grad():
+        r, r_earlier = dyn.heads_logits(ctx, nxt, a)[0], dyn.heads_logits(earlier, nxt, a)[0]
+        plain = tiny().eval()
+        p, p_earlier = plain.heads_logits(ctx, nxt, a)[0], plain.heads_logits(earlier, nxt, a)[0]
+    assert not torch.allclose(r, r_earlier)
+    torch.testing.assert_close(p, p_earlier)
+    assert dyn.heads_conv[0].in_channels == (2 + 2) * 4
 
 
 def test_heads_options_out_of_range_are_clear_errors():
@@ -173,6 +193,10 @@ def test_heads_options_out_of_range_are_clear_errors():
     with pytest.raises(SimulacraError, match="--heads-before needs heads_on_next"):
         check_model_config(
             AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_before=True, heads_on_next=False)
+        )
+    with pytest.raises(SimulacraError, match="--heads-context needs heads_on_next"):
+        check_model_config(
+            AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_context=True, heads_on_next=False)
         )
 
 

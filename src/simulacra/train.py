@@ -203,6 +203,10 @@ class TrainConfig:
     heads_before: bool | None = None
     """The event heads also read the motion into the transition (the change between the last two context
     frames). Default: the size preset's."""
+    heads_context: bool | None = None
+    """The event heads also read every earlier context frame (as its change to the last), to time an event
+    that comes steps after what decides it, such as a life lost to a ball that fell out of sight (default: the
+    size preset's)."""
     change_gate: bool = True
     """Keep the grid cells the model predicts unchanged exactly as they were (no speckle piling up
     in the static parts of long rollouts). Only where the frames are pixels: on with the 'pixels'
@@ -267,6 +271,7 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "context_deltas": cfg.context_deltas,
         "stem": cfg.stem,
         "heads_before": cfg.heads_before,
+        "heads_context": cfg.heads_context,
     }
     pixels = ae.kind == "pixels"
     over = {k: v for k, v in given.items() if v is not None}
@@ -288,6 +293,7 @@ OPTION_OF = {
     ("dynamics", "context_deltas"): "--context-deltas",
     ("dynamics", "stem"): "--stem",
     ("dynamics", "heads_before"): "--heads-before",
+    ("dynamics", "heads_context"): "--heads-context",
 }
 """The command-line option of each model field it sets; the other fields come from the size preset."""
 RESUME_OPTION_OF = OPTION_OF | {("dynamics", "change_gate"): "--change-gate/--no-change-gate"}

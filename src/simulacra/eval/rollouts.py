@@ -73,19 +73,16 @@ def life_losses(world: World, ctx, ctx_a, actions, frames, batch: int) -> np.nda
         return None  # also a stand-in world (an oracle, in the tests) that has no heads of its own
     K, (N, T) = world.K, frames.shape[:2]
     acts = np.concatenate([ctx_a, actions], 1)  # (N, K-1+T, ...): the K actions up to step j are acts[j : j+K]
-    lead = ctx[:, -3:] if ctx.shape[1] >= 3 else np.concatenate([ctx[:, :1], ctx], 1)  # K = 2: no motion before
-    seq = np.concatenate([lead, frames], 1)  # step j goes from seq[j+2] to seq[j+3], after seq[j+1]
-    first = 1 if world.dyn.cfg.heads_on_next else 0  # else the heads read the two frames before the step
+    seq = np.concatenate([ctx, frames], 1)  # step j reads the context seq[j : j+K] and its next frame seq[j+K]
     out = np.zeros((N, T), bool)
     with torch.no_grad():
         for i in range(0, N, batch):
             part = seq[i : i + batch]
             z = world.encode(part.reshape(-1, *part.shape[2:]))
-            z = z.reshape(len(part), T + 3, *z.shape[1:])
+            z = z.reshape(len(part), K + T, *z.shape[1:])
             for j in range(T):
                 a = torch.from_numpy(np.ascontiguousarray(acts[i : i + batch, j : j + K])).to(world.device)
-                prev, nxt, before = z[:, j + first + 1], z[:, j + first + 2], z[:, j + first]
-                _, _, life = world.dyn.heads_logits(prev, nxt, a, before_BChw=before)
+                _, _, life = world.dyn.heads_logits(z[:, j : j + K], z[:, j + K], a)
                 out[i : i + batch, j] = (life > 0).cpu().numpy()
     return out
 

@@ -109,6 +109,11 @@ class DynamicsConfig:
     heads_before: bool = False
     """With `heads_on_next`: the heads also read the change between the two last context frames, the
     motion that leads into the transition (a ball heading for a brick, or past the paddle)."""
+    heads_context: bool = False
+    """With `heads_on_next`: the heads also read every earlier context frame, as its change to the last one. An
+    event can come many steps after what decides it: Breakout's ball falls on below the screen, unseen, and the
+    life is lost 4 to 11 steps later (sooner the faster it fell), so only a head that still sees the ball's last
+    frames can time it. Needs a `context` that reaches that far back."""
     gate_keep_moving: int = 0
     """Inference, with the change gate: cells within this many cells of one that changed between the last
     two context frames stay open whatever the gate says, so a moving object (a ball) can leave its cell
@@ -161,6 +166,8 @@ class DynamicsConfig:
         check("heads_own", fraction(self.heads_own))
         if self.heads_before and not self.heads_on_next:
             out.append(("heads_before", "needs heads_on_next (the heads read the change into the transition)"))
+        if self.heads_context and not self.heads_on_next:
+            out.append(("heads_context", "needs heads_on_next (the heads read the context's change to the last frame)"))
         check("own_context", fraction(self.own_context))
         if self.prediction not in ("x", "v"):
             out.append(("prediction", f"must be 'x' or 'v', not {short(self.prediction)}"))
@@ -181,6 +188,7 @@ LEGACY = {
         "stem": 1,
         "time_shift": 1.0,
         "context_deltas": False,
+        "heads_context": False,
     }
 }
 """Options added after worlds were first saved, with the value a world saved before them had: a
@@ -281,7 +289,7 @@ class Dynamics(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, C + cfg.change_gate, 3, padding=1))
         # reward sign (-1, 0, +1) and termination of the transition (frame K-1, action K-1)
         self.heads_conv = nn.Sequential(
-            nn.Conv2d((2 + cfg.heads_before) * C, chs[0], 3, stride=2, padding=1),
+            nn.Conv2d((2 + cfg.heads_before + (K - 1) * cfg.heads_context) * C, chs[0], 3, stride=2, padding=1),
             nn.SiLU(),
             nn.Conv2d(chs[0], chs[0], 3, stride=2, padding=1),
         )
@@ -319,19 +327,24 @@ class Dynamics(nn.Module):
             out = torch.cat([c_skip * x_BChw + c_out * out[:, :C], out[:, C:]], 1)
         return out
 
-    def heads_logits(self, prev_BChw, next_BChw, actions_BK, pad_BK=None, before_BChw=None):
+    def heads_logits(self, ctx_BKChw, next_BChw, actions_BK, pad_BK=None):
         """(reward-sign logits (B, 3), termination logit (B,), life-loss logit (B,) or None without
-        `life_head`) of the transition between two latent frames.
+        `life_head`) of the transition from the last of the (clean) context latents to ``next_BChw``.
         With `heads_on_next` the heads see the change and the next frame, max-pooled over the grid: a brick
         that breaks is one cell of 256, which a mean over the grid averages away. With `heads_before` they
-        also see the change from ``before_BChw`` (the frame before ``prev``; None: no motion) to ``prev``."""
+        also see the change between the last two context frames (the motion into the transition), with
+        `heads_context` every earlier context frame's change to the last. Without `heads_on_next` they read
+        the last two context frames."""
+        prev = ctx_BKChw[:, -1]
         if self.cfg.heads_on_next:
-            parts = [next_BChw - prev_BChw, next_BChw]
+            parts = [next_BChw - prev, next_BChw]
             if self.cfg.heads_before:
-                parts.append(prev_BChw - (prev_BChw if before_BChw is None else before_BChw))
+                parts.append(prev - ctx_BKChw[:, -2])
+            if self.cfg.heads_context:
+                parts.append((ctx_BKChw[:, :-1] - prev[:, None]).flatten(1, 2))
             f = self.heads_conv(torch.cat(parts, 1)).amax((2, 3))
         else:
-            f = self.heads_conv(torch.cat([prev_BChw, next_BChw], 1)).mean((2, 3))
+            f = self.heads_conv(torch.cat([ctx_BKChw[:, -2], prev], 1)).mean((2, 3))
         out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
         return out[:, :3], out[:, 3], out[:, 4] if self.cfg.life_head else None
 
@@ -347,10 +360,9 @@ class Dynamics(nn.Module):
         ctx, pad = pad_context(ctx, (rng.rand() < self.cfg.pad_prob).to(z.device), rng.randint(1, K + 1).to(z.device))
         if self.cfg.own_context > 0:
             ctx = self.own_context(ctx, actions, pad, rng)
-        heads_in = (ctx[:, -1], z[:, K]) if self.cfg.heads_on_next else None
-        before = ctx[:, -2]  # clean, as the heads read it at inference
-        if heads_in is not None and self.cfg.heads_own > 0:
-            heads_in = (ctx[:, -1], self.own_next(ctx, z[:, K], actions, pad, rng))
+        heads_ctx, heads_next = ctx, z[:, K]  # clean, as the heads read them at inference
+        if self.cfg.heads_on_next and self.cfg.heads_own > 0:
+            heads_next = self.own_next(ctx, z[:, K], actions, pad, rng)
         if self.cfg.residual:
             # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
             # global std is tiny, and dividing by it would make a moving object a huge target against unit
@@ -373,9 +385,7 @@ class Dynamics(nn.Module):
             moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
             err = err * (1 + self.cfg.change_weight * moved)
         flow = err.mean()
-        r_logits, d_logit, l_logit = self.heads_logits(
-            *(heads_in or (ctx[:, -2], ctx[:, -1])), actions, pad, before_BChw=before if heads_in is not None else None
-        )
+        r_logits, d_logit, l_logit = self.heads_logits(heads_ctx, heads_next, actions, pad)
         r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
         term = batch["terminated"][:, K - 1].float()
         w = self.cfg.reward_weight
@@ -465,7 +475,7 @@ class Dynamics(nn.Module):
         if noise is None or (ctx_noise is None and self.cfg.context_noise_infer > 0):
             drawn, drawn_ctx = self.sample_noise(ctx_BKChw, generator)
             noise, ctx_noise = (drawn if noise is None else noise), (drawn_ctx if ctx_noise is None else ctx_noise)
-        base, before = ctx_BKChw[:, -1], ctx_BKChw[:, -2]
+        clean, base = ctx_BKChw, ctx_BKChw[:, -1]
         moving = self._moving_cells(ctx_BKChw) if self.cfg.change_gate and self.cfg.gate_keep_moving > 0 else None
         if self.cfg.context_noise_infer > 0:
             ctx_BKChw = ctx_BKChw + self.cfg.context_noise_infer * ctx_noise
@@ -485,8 +495,7 @@ class Dynamics(nn.Module):
             x = base + x
         if self.cfg.snap_to_pixels:
             x = self.snap(x)
-        prev, nxt = (base, x) if self.cfg.heads_on_next else (ctx_BKChw[:, -2], ctx_BKChw[:, -1])
-        r_logits, d_logit, _ = self.heads_logits(prev, nxt, actions_BK, pad_BK, before_BChw=before)
+        r_logits, d_logit, _ = self.heads_logits(clean, x, actions_BK, pad_BK)
         return x, r_logits.argmax(-1).float() - 1, torch.sigmoid(d_logit)
 
     def _moving_cells(self, ctx_BKChw: torch.Tensor) -> torch.Tensor:
