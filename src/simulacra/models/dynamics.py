@@ -111,9 +111,9 @@ class DynamicsConfig:
     motion that leads into the transition (a ball heading for a brick, or past the paddle)."""
     heads_context: bool = False
     """With `heads_on_next`: the heads also read every earlier context frame, as its change to the last one. An
-    event can come many steps after what decides it: Breakout's ball falls on below the screen, unseen, and the
-    life is lost 4 to 11 steps later (sooner the faster it fell), so only a head that still sees the ball's last
-    frames can time it. Needs a `context` that reaches that far back."""
+    event can come many steps after what decides it: Breakout's ball falls on below the paddle, unseen, and the
+    life is lost 5 to 10 steps after it passed the paddle (sooner the faster it fell), so only a head that still
+    sees the ball's last frames can time it. Needs a `context` that reaches that far back."""
     gate_keep_moving: int = 0
     """Inference, with the change gate: cells within this many cells of one that changed between the last
     two context frames stay open whatever the gate says, so a moving object (a ball) can leave its cell
