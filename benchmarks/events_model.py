@@ -7,9 +7,11 @@ Windows whose scored part holds a termination or a life loss are drawn ``--event
 overs are 0.2% of Breakout's steps.
 
     python benchmarks/events_model.py RUN --data TRAIN --heldout HELDOUT [--steps 1500] [--set ends_before=true]
+    python benchmarks/events_model.py RUN ... --steps 3000 --set 'arch="window"' window=12 [first_stride=2]
 
-What it measured is in docs/world-model.md (sixth round): on Breakout it finds the rewards and the life losses
-that redraw the lives digit, and none of the game overs.
+What it measured is in docs/world-model.md: the GRU (sixth round) finds Breakout's rewards and the life losses
+that redraw the lives digit, and none of the game overs; a feed-forward model that reads the last 12 frames and
+never the next one (eighth round) finds game overs and life losses from the fall that causes them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ class EventsConfig:
     """Loss weight of a termination or a life loss against a step without one."""
     life_head: bool = True
     """Also predict ALE-style life losses (trained only on episodes that record lives)."""
+    arch: str = "gru"
+    """'gru': a memory carried along the episode; 'window': a feed-forward model that reads only the last
+    `window` frames before the transition (the earlier ones as their change to the last) and its action, never
+    the transition's next frame, so every event must be foreseen from its cause, as a world whose drawn frame
+    is wrong still can."""
+    first_stride: int = 1
+    """'window': stride of the first convolution over the stacked frames (2 costs a quarter)."""
     ends_before: bool = False
     """Read termination and life loss off the memory *before* the transition's next frame (with its action),
     so they are learnt from their cause (the ball leaving) and not from an announcement that only some of
@@ -121,6 +130,54 @@ class Events(nn.Module):
         return loss, metrics
 
 
+class WindowEvents(nn.Module):
+    """Events of the transition after the last of `window` frames, from those frames and its action alone."""
+
+    def __init__(self, cfg: EventsConfig, latent_channels: int, action_space: ActionSpace):
+        super().__init__()
+        self.cfg = cfg
+        C, F_, H = latent_channels, cfg.channels, cfg.hidden
+        self.features = nn.Sequential(
+            nn.Conv2d(cfg.window * C, F_, 3, stride=cfg.first_stride, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(F_, F_, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(F_, F_, 3, stride=2, padding=1),
+        )
+        self.actions = ActionEncoder(action_space, 1, F_)
+        self.out = nn.Sequential(nn.Linear(2 * F_, H), nn.SiLU(), nn.Linear(H, 4 + cfg.life_head))
+
+    def logits(self, frames_BLChw, action_B):
+        last = frames_BLChw[:, -1]
+        x = torch.cat([(frames_BLChw[:, :-1] - last[:, None]).flatten(1, 2), last], 1)
+        f = self.features(x).amax((2, 3))
+        out = self.out(torch.cat([f, self.actions(action_B[:, None])], -1))
+        return out[:, :3], out[:, 3], out[:, 4] if self.cfg.life_head else None
+
+    def forward(self, batch):
+        """batch: latents (B, L, C, h, w), action (B,), reward (B,), terminated (B,), life_loss (B,), has_lives
+        (B,): the events of the transition out of the last frame."""
+        z = batch["latents"]
+        r, d, life = self.logits(z, batch["action"])
+        w = self.cfg.reward_weight
+        pos = torch.tensor(self.cfg.pos_weight, device=z.device)
+        r_loss = F.cross_entropy(r, (torch.sign(batch["reward"]) + 1).long(), weight=torch.tensor([w, 1.0, w]))
+        d_loss = F.binary_cross_entropy_with_logits(d, batch["terminated"].float(), pos_weight=pos)
+        loss, metrics = r_loss + d_loss, {"reward_ce": r_loss.item(), "done_bce": d_loss.item()}
+        if life is not None:
+            per = F.binary_cross_entropy_with_logits(life, batch["life_loss"].float(), pos_weight=pos, reduction="none")
+            has = batch["has_lives"].float()
+            l_loss = (per * has).sum() / has.sum().clamp_min(1)
+            loss = loss + l_loss
+            metrics["life_bce"] = l_loss.item()
+        return loss, metrics
+
+
+def window_frames(z_TChw: torch.Tensor, t: int, L: int) -> torch.Tensor:
+    """The `L` frames up to and including frame t, the episode's first repeated before its start."""
+    return z_TChw[torch.arange(t - L + 1, t + 1).clamp_min(0)]
+
+
 def episode_arrays(world: World, ds: Dataset, i: int) -> dict:
     arr = ds.arrays(i)
     L = ds.episodes[i].length
@@ -161,16 +218,21 @@ def main() -> None:
     T, burn = cfg.window, cfg.burn_in
     train_ds, held_ds = Dataset.open(args.data), Dataset.open(args.heldout)
     eps = [episode_arrays(world, train_ds, i) for i in range(len(train_ds))]
+    window = cfg.arch == "window"
     starts, eventful = [], []
     for e, ep in enumerate(eps):
         L = len(ep["action"])
         marks = (ep["terminated"] | ep["life_loss"]).numpy()
+        if window:  # a start per transition; frames before the episode's first repeat it
+            starts += [(e, t) for t in range(L)]
+            eventful += list(marks)
+            continue
         for s in range(0, L - T + 1):
             starts.append((e, s))
             eventful.append(bool(marks[s + burn : s + T].any()))
     starts, eventful = np.array(starts), np.array(eventful)
     ev_idx, all_idx = np.flatnonzero(eventful), np.arange(len(starts))
-    model = Events(cfg, world.dyn.latent_channels, world.action_space)
+    model = (WindowEvents if window else Events)(cfg, world.dyn.latent_channels, world.action_space)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
     t0 = time.perf_counter()
@@ -181,12 +243,22 @@ def main() -> None:
             rng.choice(all_idx, args.batch),
         )
         items = [(eps[e], s) for e, s in starts[pick]]
-        batch = {
-            "latents": torch.stack([ep["z"][s : s + T + 1] for ep, s in items]).float(),
-            **{k: torch.stack([ep[k][s : s + T] for ep, s in items]) for k in ("action", "reward", "terminated")},
-            "life_loss": torch.stack([ep["life_loss"][s : s + T] for ep, s in items]),
-            "has_lives": torch.tensor([ep["has_lives"] for ep, _ in items]),
-        }
+        if window:
+            batch = {
+                "latents": torch.stack([window_frames(ep["z"], t, T) for ep, t in items]).float(),
+                **{
+                    k: torch.stack([ep[k][t] for ep, t in items])
+                    for k in ("action", "reward", "terminated", "life_loss")
+                },
+                "has_lives": torch.tensor([ep["has_lives"] for ep, _ in items]),
+            }
+        else:
+            batch = {
+                "latents": torch.stack([ep["z"][s : s + T + 1] for ep, s in items]).float(),
+                **{k: torch.stack([ep[k][s : s + T] for ep, s in items]) for k in ("action", "reward", "terminated")},
+                "life_loss": torch.stack([ep["life_loss"][s : s + T] for ep, s in items]),
+                "has_lives": torch.tensor([ep["has_lives"] for ep, _ in items]),
+            }
         loss, metrics = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,9 +274,12 @@ def main() -> None:
     with torch.no_grad():
         for i in range(len(held_ds)):
             ep = episode_arrays(world, held_ds, i)
-            z, m = ep["z"].float(), model.initial_memory(1)
+            z, m = ep["z"].float(), None if window else model.initial_memory(1)
             for t in range(len(ep["action"])):
-                m, r, d, life = model.step(m, z[t : t + 1], z[t + 1 : t + 2], ep["action"][t : t + 1])
+                if window:
+                    r, d, life = model.logits(window_frames(z, t, T)[None], ep["action"][t : t + 1])
+                else:
+                    m, r, d, life = model.step(m, z[t : t + 1], z[t + 1 : t + 2], ep["action"][t : t + 1])
                 real["reward"].append(bool(ep["reward"][t] != 0))
                 pred["reward"].append(int(r.argmax()) != 1)
                 real["termination"].append(bool(ep["terminated"][t]))

@@ -317,6 +317,8 @@ RESUME_CHANGES = [
     ({"--change-weight": "2"}, "--change-weight"),
     ({"--context-deltas": "True"}, "--context-deltas"),
     ({"--heads-context": "True"}, "--heads-context"),
+    ({"--heads-on-next": "False"}, "--heads-on-next"),
+    ({"--flow-context": "2"}, "--flow-context"),
     ({"--seed": "1"}, "--seed"),
     ({"--batch-size": "4"}, "--batch-size"),
     ({"--holdout": "0.5"}, "--holdout"),

@@ -14,7 +14,9 @@ SPACE = {"type": "discrete", "n": 3, "start": 0}
 
 def tiny(**kw) -> Dynamics:
     torch.manual_seed(0)
-    cfg = DynamicsConfig(context=3, channels=8, channel_mult=(1, 2), cond_dim=16, sampling_steps=2, **kw)
+    cfg = DynamicsConfig(
+        **{"context": 3, "channels": 8, "channel_mult": (1, 2), "cond_dim": 16, "sampling_steps": 2, **kw}
+    )
     return Dynamics(cfg, latent_channels=4, action_space=SPACE)
 
 
@@ -194,10 +196,45 @@ def test_heads_options_out_of_range_are_clear_errors():
         check_model_config(
             AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_before=True, heads_on_next=False)
         )
-    with pytest.raises(SimulacraError, match="--heads-context needs heads_on_next"):
-        check_model_config(
-            AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_context=True, heads_on_next=False)
-        )
+    for bad in (1, 5, -1):
+        with pytest.raises(SimulacraError, match="--flow-context must be 0"):
+            check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, flow_context=bad))
+
+
+def test_context_heads_foresee_from_the_context_alone():
+    """heads_on_next off with heads_context: the next frame is not read at all; every context frame is."""
+    dyn = tiny(heads_context=True, heads_on_next=False).eval()
+    ctx, nxt = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    a = torch.zeros(2, 3, dtype=torch.long)
+    earlier = ctx.clone()
+    earlier[:, 0] += 1.0
+    with torch.no_grad():
+        r, r_other_next = dyn.heads_logits(ctx, nxt, a)[0], dyn.heads_logits(ctx, nxt + 1.0, a)[0]
+        r_earlier = dyn.heads_logits(earlier, nxt, a)[0]
+    torch.testing.assert_close(r, r_other_next)
+    assert not torch.allclose(r, r_earlier)
+    assert dyn.heads_conv[0].in_channels == 3 * 4
+
+
+def test_flow_context_reads_only_the_last_frames_and_the_heads_all():
+    """flow_context 2 of K 4: frames and actions before the last two reach the heads, never the U-Net, which
+    then has the inputs (and the parameter count) of a K = 2 model."""
+    dyn = tiny(context=4, flow_context=2, heads_context=True, heads_on_next=False).eval()
+    short = tiny(context=2)
+    ctx, x = torch.randn(2, 4, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    a, t, level = torch.randint(0, 3, (2, 4)), torch.full((2,), 0.5), torch.zeros(2)
+    early, early_a = ctx.clone(), a.clone()
+    early[:, :2] += 1.0
+    early_a[:, :2] = (a[:, :2] + 1) % 3
+    with torch.no_grad():
+        v, v_early = dyn.velocity(x, t, ctx, a, level), dyn.velocity(x, t, early, early_a, level)
+        h, h_early = dyn.heads_logits(ctx, x, a)[0], dyn.heads_logits(early, x, a)[0]
+    torch.testing.assert_close(v, v_early)
+    assert not torch.allclose(h, h_early)
+    assert (
+        dyn.inp.in_channels == short.inp.in_channels and dyn.actions.proj.in_features == short.actions.proj.in_features
+    )
+    assert dyn.heads_actions.proj.in_features == 4 * dyn.heads_actions.dim
 
 
 def test_forward_with_heads_own_is_deterministic_in_the_keys():

@@ -182,12 +182,14 @@ def heads_hits(out, ds, world) -> tuple[int, int, int]:
     return int((real & pred).sum()), int(real.sum()), int(pred.sum())
 
 
-def test_heads_context_time_an_event_steps_after_what_decides_it(tmp_path):
+@pytest.mark.parametrize("on_next", [True, False])
+def test_heads_context_time_an_event_steps_after_what_decides_it(tmp_path, on_next):
+    """Whether the heads also read the transition's next frame or foresee the event from the context alone."""
     root = tmp_path / "ds"
     write_delayed(root)
     out = tmp_path / "run"
     train(TrainConfig(data=str(root), size="debug", out=str(out), dyn_steps=300, holdout=0.3, tensorboard=False,
-                      context=5, heads_context=True))  # fmt: skip
+                      context=5, heads_context=True, heads_on_next=on_next))  # fmt: skip
     hit, real, pred = heads_hits(out, Dataset.open(root), World.load(out))
     assert real >= 8 and hit >= 0.8 * real and hit >= 0.8 * pred, (hit, real, pred)
 

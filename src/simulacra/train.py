@@ -207,6 +207,15 @@ class TrainConfig:
     """The event heads also read every earlier context frame (as its change to the last), to time an event
     that comes steps after what decides it, such as a life lost to a ball that fell out of sight (default: the
     size preset's)."""
+    heads_on_next: bool | None = None
+    """The event heads read the transition's next frame (the world's own sample, at inference); False: they
+    foresee the event from the context and the action alone (default: the size preset's)."""
+    heads_events: float | None = None
+    """Fraction of the event heads' own training windows drawn among those that hold an event (0: the heads
+    learn from the flow's windows; default: the size preset's)."""
+    flow_context: int | None = None
+    """How many of the last context frames the dynamics' U-Net reads (0: all of --context), so that the heads
+    can read a longer context than the flow (default: the size preset's)."""
     change_gate: bool = True
     """Keep the grid cells the model predicts unchanged exactly as they were (no speckle piling up
     in the static parts of long rollouts). Only where the frames are pixels: on with the 'pixels'
@@ -272,6 +281,9 @@ def model_configs(cfg: TrainConfig, preset: SizePreset) -> tuple[AutoencoderConf
         "stem": cfg.stem,
         "heads_before": cfg.heads_before,
         "heads_context": cfg.heads_context,
+        "heads_on_next": cfg.heads_on_next,
+        "flow_context": cfg.flow_context,
+        "heads_events": cfg.heads_events,
     }
     pixels = ae.kind == "pixels"
     over = {k: v for k, v in given.items() if v is not None}
@@ -294,6 +306,9 @@ OPTION_OF = {
     ("dynamics", "stem"): "--stem",
     ("dynamics", "heads_before"): "--heads-before",
     ("dynamics", "heads_context"): "--heads-context",
+    ("dynamics", "heads_on_next"): "--heads-on-next",
+    ("dynamics", "flow_context"): "--flow-context",
+    ("dynamics", "heads_events"): "--heads-events",
 }
 """The command-line option of each model field it sets; the other fields come from the size preset."""
 RESUME_OPTION_OF = OPTION_OF | {("dynamics", "change_gate"): "--change-gate/--no-change-gate"}
@@ -657,22 +672,31 @@ def dynamics_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
         a["has_lives"] = torch.tensor(lives is not None)
         a["life_loss"] = torch.zeros(len(a["reward"]), dtype=torch.bool) if lives is None else lives.diff() < 0
     win_index = np.array([(i, s) for i in plan.train_eps for s in range(ds.episodes[i].length - K + 1)])
+    events = {i: (a["reward"] != 0) | a["terminated"].bool() | a["life_loss"] for i, a in arrays.items()}
+    eventful = np.flatnonzero([bool(events[i][s + K - 1]) for i, s in win_index])
 
-    def get_batch(step: int, r: int, w: int) -> dict:
-        idx = step_indices(seed, 2, step, len(win_index), B, r, w)
+    def windows(idx) -> dict:
         pick = [(int(i), int(s)) for i, s in win_index[idx]]
         return {
             "latents": torch.stack([latents[i][s : s + K + 1] for i, s in pick]) / std,
-            "action": torch.stack([arrays[i]["action"][s : s + K] for i, s in pick]),
-            "reward": torch.stack([arrays[i]["reward"][s : s + K] for i, s in pick]),
-            "terminated": torch.stack([arrays[i]["terminated"][s : s + K] for i, s in pick]),
-            "life_loss": torch.stack([arrays[i]["life_loss"][s : s + K] for i, s in pick]),
+            **{k: torch.stack([arrays[i][k][s : s + K] for i, s in pick]) for k in WINDOW_ARRAYS},
             "has_lives": torch.stack([arrays[i]["has_lives"] for i, _ in pick]),
-            "keys": sample_keys(seed, 2, step, B, r, w),
         }
+
+    def get_batch(step: int, r: int, w: int) -> dict:
+        batch = windows(step_indices(seed, 2, step, len(win_index), B, r, w))
+        if plan.dyn.heads_events > 0 and len(eventful):
+            g = np.random.default_rng([seed, 3, step])  # stateless in the step, as step_indices is
+            any_, ev = g.integers(0, len(win_index), B), eventful[g.integers(0, len(eventful), B)]
+            idx = np.where(g.random(B) < plan.dyn.heads_events, ev, any_)[r * (B // w) : (r + 1) * (B // w)]
+            batch |= {f"heads_{k}": v for k, v in windows(idx).items()}
+        return batch | {"keys": sample_keys(seed, 2, step, B, r, w)}
 
     return Stage("dynamics", dyn, get_batch, plan.dyn_loop, "dyn_loop", plan.budget(1.0, "--dyn-steps"))
 
+
+WINDOW_ARRAYS = ("action", "reward", "terminated", "life_loss")
+"""The per-step arrays a dynamics window carries (K steps each), beside its K + 1 latents."""
 
 STAGES: tuple[Callable[[Plan, dict[str, Stage]], Stage], ...] = (autoencoder_stage, dynamics_stage)
 """Each builds its stage from the plan and the stages trained before it."""

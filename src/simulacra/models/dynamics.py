@@ -26,6 +26,10 @@ from simulacra.spaces import ActionSpace
 class DynamicsConfig:
     context: int = 4
     """K: past frames (and actions) the model conditions on; the streaming window."""
+    flow_context: int = 0
+    """Of the K context frames (and actions), how many the U-Net reads: the last ones (0: all K). The heads
+    always read all K, so a long `context` can let them see far back while the flow's cost and inputs stay
+    those of a short one."""
     channels: int = 64
     """U-Net width at the latent resolution."""
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -93,7 +97,9 @@ class DynamicsConfig:
     heads_on_next: bool = True
     """The reward and termination heads read the transition's two frames (the last one and the next one:
     at inference the world's own sample), as DIAMOND's reward model does, instead of the two frames
-    before it: a brick breaks, a point is scored, in the next frame."""
+    before it: a brick breaks, a point is scored, in the next frame. Off, with `heads_context`, they read
+    only the context and the action: the event is foreseen from its cause, so a world that draws the next
+    frame wrong still predicts it (docs/world-model.md, eighth round)."""
     reward_weight: float = 10.0
     """Weight of the nonzero reward signs in the reward head's cross-entropy: rewards are rare (2% of
     Breakout's steps), and unweighted the head learns to predict none (recall 0 on held-out events)."""
@@ -106,11 +112,15 @@ class DynamicsConfig:
     inference, without gradient: about 4 x this fraction extra forward passes per step) instead of the
     real one. At inference the heads read the world's sample, in which a ball may be faint or a brick
     unbroken; heads trained only on real frames then miss the event, or fire on speckle."""
+    heads_events: float = 0.0
+    """Training: the heads learn from windows of their own, this fraction of them drawn among those whose
+    transition holds an event (a nonzero reward, a termination, a life loss), the rest at random; 0: from the
+    flow's windows. A game over is one step in a few hundred, too rare to learn from at the base rate."""
     heads_before: bool = False
     """With `heads_on_next`: the heads also read the change between the two last context frames, the
     motion that leads into the transition (a ball heading for a brick, or past the paddle)."""
     heads_context: bool = False
-    """With `heads_on_next`: the heads also read every earlier context frame, as its change to the last one. An
+    """The heads also read every earlier context frame, as its change to the last one. An
     event can come many steps after what decides it: Breakout's ball falls on below the paddle, unseen, and the
     life is lost 5 to 10 steps after it passed the paddle (sooner the faster it fell), so only a head that still
     sees the ball's last frames can time it. Needs a `context` that reaches that far back."""
@@ -164,10 +174,13 @@ class DynamicsConfig:
         check("reward_weight", at_least(self.reward_weight, 0, "0 or more"))
         check("pad_prob", fraction(self.pad_prob))
         check("heads_own", fraction(self.heads_own))
+        check("heads_events", fraction(self.heads_events))
+        if self.heads_events > 0 and self.heads_own > 0:
+            out.append(("heads_events", "cannot be used with heads_own (the heads' own windows are real frames)"))
+        if not 0 <= self.flow_context <= self.context or self.flow_context == 1:
+            out.append(("flow_context", f"must be 0 (all K) or 2 to context ({self.context}), not {self.flow_context}"))
         if self.heads_before and not self.heads_on_next:
             out.append(("heads_before", "needs heads_on_next (the heads read the change into the transition)"))
-        if self.heads_context and not self.heads_on_next:
-            out.append(("heads_context", "needs heads_on_next (the heads read the context's change to the last frame)"))
         check("own_context", fraction(self.own_context))
         if self.prediction not in ("x", "v"):
             out.append(("prediction", f"must be 'x' or 'v', not {short(self.prediction)}"))
@@ -189,6 +202,8 @@ LEGACY = {
         "time_shift": 1.0,
         "context_deltas": False,
         "heads_context": False,
+        "flow_context": 0,
+        "heads_events": 0.0,
     }
 }
 """Options added after worlds were first saved, with the value a world saved before them had: a
@@ -260,15 +275,16 @@ class Dynamics(nn.Module):
             action_space = ActionSpace.from_json(action_space)
         self.cfg = cfg
         C, K, D = latent_channels, cfg.context, cfg.cond_dim
+        Kf = cfg.flow_context or K
         self.latent_channels = C
         self.register_buffer("latent_std", torch.ones(()))  # set from data before training
-        self.actions = ActionEncoder(action_space, K, D)
+        self.actions = ActionEncoder(action_space, Kf, D)
         self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.noise_embed = nn.Linear(D, D)
         chs = [cfg.channels * m for m in cfg.channel_mult]
         # stem 1: a per-cell embedding of the stacked frames, the residual blocks give the spatial context; a 3x3
         # stem over all (K+1)*C input channels is a fifth of the U-Net's FLOPs by count
-        self.inp = nn.Conv2d(C * (K + 1), chs[0], cfg.stem, padding=cfg.stem // 2)
+        self.inp = nn.Conv2d(C * (Kf + 1), chs[0], cfg.stem, padding=cfg.stem // 2)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
         cin = chs[0]
@@ -288,8 +304,13 @@ class Dynamics(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
         self.out = nn.Sequential(nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, C + cfg.change_gate, 3, padding=1))
         # reward sign (-1, 0, +1) and termination of the transition (frame K-1, action K-1)
+        frames_in = 2 * cfg.heads_on_next + cfg.heads_before + (K - 1) * cfg.heads_context
+        if not cfg.heads_on_next:
+            frames_in = K if cfg.heads_context else 2
+        # heads that see more actions than the flow (flow_context < K) embed them apart from it
+        self.heads_actions = ActionEncoder(action_space, K, D) if Kf < K else None
         self.heads_conv = nn.Sequential(
-            nn.Conv2d((2 + cfg.heads_before + (K - 1) * cfg.heads_context) * C, chs[0], 3, stride=2, padding=1),
+            nn.Conv2d(frames_in * C, chs[0], 3, stride=2, padding=1),
             nn.SiLU(),
             nn.Conv2d(chs[0], chs[0], 3, stride=2, padding=1),
         )
@@ -299,6 +320,10 @@ class Dynamics(nn.Module):
     def velocity(self, x_BChw, t_B, ctx_BKChw, actions_BK, ctx_noise_B, pad_BK=None):
         """The U-Net on noisy next latents x at flow time t: the clean target ('x') or the velocity ('v'),
         (B, C, h, w), and with `change_gate` one more channel: the logit that the cell changes."""
+        if self.cfg.flow_context:
+            Kf = self.cfg.flow_context
+            ctx_BKChw, actions_BK = ctx_BKChw[:, -Kf:], actions_BK[:, -Kf:]
+            pad_BK = None if pad_BK is None else pad_BK[:, -Kf:]
         a = self.actions(actions_BK, pad_BK)
         cond = self.cond(torch.cat([timestep_embedding(t_B, self.cfg.cond_dim), a], -1))
         cond = cond + self.noise_embed(timestep_embedding(ctx_noise_B, self.cfg.cond_dim))
@@ -334,9 +359,13 @@ class Dynamics(nn.Module):
         that breaks is one cell of 256, which a mean over the grid averages away. With `heads_before` they
         also see the change between the last two context frames (the motion into the transition), with
         `heads_context` every earlier context frame's change to the last. Without `heads_on_next` they read
-        the last two context frames."""
+        the context alone (``next_BChw`` is not read): with `heads_context` all of it, the earlier frames as
+        their change to the last and max-pooled; without, the last two frames, averaged over the grid."""
         prev = ctx_BKChw[:, -1]
-        if self.cfg.heads_on_next:
+        if not self.cfg.heads_on_next and self.cfg.heads_context:
+            parts = [(ctx_BKChw[:, :-1] - prev[:, None]).flatten(1, 2), prev]
+            f = self.heads_conv(torch.cat(parts, 1)).amax((2, 3))
+        elif self.cfg.heads_on_next:
             parts = [next_BChw - prev, next_BChw]
             if self.cfg.heads_before:
                 parts.append(prev - ctx_BKChw[:, -2])
@@ -345,13 +374,15 @@ class Dynamics(nn.Module):
             f = self.heads_conv(torch.cat(parts, 1)).amax((2, 3))
         else:
             f = self.heads_conv(torch.cat([ctx_BKChw[:, -2], prev], 1)).mean((2, 3))
-        out = self.heads(torch.cat([f, self.actions(actions_BK, pad_BK)], -1))
+        encode = self.actions if self.heads_actions is None else self.heads_actions
+        out = self.heads(torch.cat([f, encode(actions_BK, pad_BK)], -1))
         return out[:, :3], out[:, 3], out[:, 4] if self.cfg.life_head else None
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: latents (B, K+1, C, h, w) [normalised], action (B, K), reward (B, K), terminated (B, K), and
-        optionally life_loss (B, K) with has_lives (B,) (whether the window's episode records lives)."""
+        optionally life_loss (B, K) with has_lives (B,) (whether the window's episode records lives); with
+        `heads_events`, the same again prefixed ``heads_``: the windows the heads learn from."""
         z = batch["latents"]
         K = self.cfg.context
         ctx, target, actions = z[:, :K], z[:, K], batch["action"][:, :K]
@@ -385,28 +416,42 @@ class Dynamics(nn.Module):
             moved = (target.abs() > 1e-3).any(1, keepdim=True).float()  # a 4x4 patch that changed at all
             err = err * (1 + self.cfg.change_weight * moved)
         flow = err.mean()
-        r_logits, d_logit, l_logit = self.heads_logits(heads_ctx, heads_next, actions, pad)
-        r_cls = (torch.sign(batch["reward"][:, K - 1]) + 1).long()
-        term = batch["terminated"][:, K - 1].float()
-        w = self.cfg.reward_weight
-        r_loss = F.cross_entropy(r_logits, r_cls, weight=torch.tensor([w, 1.0, w], device=z.device))
-        d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0, device=z.device))
-        l_loss = torch.zeros((), device=z.device)
-        if l_logit is not None and "life_loss" in batch:
-            # episodes that record no lives (every non-Atari env) weigh nothing
-            has = batch["has_lives"].float()
-            per = F.binary_cross_entropy_with_logits(
-                l_logit, batch["life_loss"][:, K - 1].float(), pos_weight=torch.tensor(10.0, device=z.device),
-                reduction="none",
-            )  # fmt: skip
-            l_loss = (per * has).sum() / has.sum().clamp_min(1)
+        hb = {k.removeprefix("heads_"): v for k, v in batch.items() if k.startswith("heads_")}
+        if not hb:
+            r_loss, d_loss, l_loss, has_life = self.heads_loss(heads_ctx, heads_next, actions, pad, batch)
+        else:  # the heads' own windows (drawn for their events), padded as the flow's are
+            hz = hb["latents"]
+            hctx, hpad = pad_context(hz[:, :K], (rng.rand() < self.cfg.pad_prob).to(z.device),
+                                     rng.randint(1, K + 1).to(z.device))  # fmt: skip
+            r_loss, d_loss, l_loss, has_life = self.heads_loss(hctx, hz[:, K], hb["action"][:, :K], hpad, hb)
         loss = flow + self.cfg.gate_weight * gate_loss + self.cfg.done_weight * (r_loss + d_loss + l_loss)
         metrics = {"flow": flow.item(), "reward_ce": r_loss.item(), "done_bce": d_loss.item()}
-        if l_logit is not None:
+        if has_life:
             metrics["life_bce"] = l_loss.item()
         if self.cfg.change_gate:
             metrics["gate_bce"] = gate_loss.item()
         return loss, metrics
+
+    def heads_loss(self, ctx_BKChw, next_BChw, actions_BK, pad_BK, labels: dict):
+        """(reward, termination, life-loss losses, whether there is a life head) of the transition after the
+        context, against ``labels``' reward, terminated, life_loss (B, K) (their step K-1) and has_lives (B,)."""
+        K, dev = self.cfg.context, ctx_BKChw.device
+        r_logits, d_logit, l_logit = self.heads_logits(ctx_BKChw, next_BChw, actions_BK, pad_BK)
+        r_cls = (torch.sign(labels["reward"][:, K - 1]) + 1).long()
+        term = labels["terminated"][:, K - 1].float()
+        w = self.cfg.reward_weight
+        r_loss = F.cross_entropy(r_logits, r_cls, weight=torch.tensor([w, 1.0, w], device=dev))
+        d_loss = F.binary_cross_entropy_with_logits(d_logit, term, pos_weight=torch.tensor(10.0, device=dev))
+        l_loss = torch.zeros((), device=dev)
+        if l_logit is not None and "life_loss" in labels:
+            # episodes that record no lives (every non-Atari env) weigh nothing
+            has = labels["has_lives"].float()
+            per = F.binary_cross_entropy_with_logits(
+                l_logit, labels["life_loss"][:, K - 1].float(), pos_weight=torch.tensor(10.0, device=dev),
+                reduction="none",
+            )  # fmt: skip
+            l_loss = (per * has).sum() / has.sum().clamp_min(1)
+        return r_loss, d_loss, l_loss, l_logit is not None
 
     def own_next(self, ctx_BKChw, real_BChw, actions_BK, pad_BK, rng) -> torch.Tensor:
         """The next frame the heads train on: for a random `heads_own` fraction of the windows, the model's own
