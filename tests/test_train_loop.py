@@ -188,7 +188,8 @@ def test_size_presets_are_typed_and_keep_their_values():
     nano = SIZES["nano"]
     assert nano.ae == AutoencoderConfig(channels=64, latent_channels=8)
     assert nano.dyn == DynamicsConfig(
-        context=4,
+        context=12,
+        flow_context=4,
         channels=48,
         channel_mult=(1, 2, 2),
         cond_dim=128,
@@ -196,6 +197,9 @@ def test_size_presets_are_typed_and_keep_their_values():
         change_weight=20.0,
         time_shift=3.0,
         context_deltas=True,
+        heads_on_next=False,
+        heads_context=True,
+        heads_events=0.5,
     )
     assert (nano.ae_steps, nano.dyn_steps, nano.ae_batch, nano.dyn_batch) == (1200, 4000, 32, 32)
     assert (nano.ae_lr, nano.dyn_lr, nano.minutes) == (2e-3, 5e-4, 10)

@@ -91,11 +91,13 @@ SIZES: dict[str, SizePreset] = {
     ),
     # nano is sized for minutes on a 2-core CPU: its steps are a plan that the budget cuts to what fits.
     # No own_context: its extra forward passes cost more of a fixed budget's steps than they win back.
-    # The 3x3 stem, change weight 20, time shift 3 and context deltas are measured on Breakout in docs/world-model.md.
+    # The 3x3 stem, change weight 20, time shift 3 and context deltas are measured on Breakout in docs/world-model.md,
+    # and so are the heads that foresee events from 12 frames while the flow reads the last 4 (eighth round).
     "nano": SizePreset(
         ae=AutoencoderConfig(channels=64, latent_channels=8),
         dyn=DynamicsConfig(
-            context=4,
+            context=12,
+            flow_context=4,
             channels=48,
             channel_mult=(1, 2, 2),
             cond_dim=128,
@@ -103,6 +105,9 @@ SIZES: dict[str, SizePreset] = {
             change_weight=20.0,
             time_shift=3.0,
             context_deltas=True,
+            heads_on_next=False,
+            heads_context=True,
+            heads_events=0.5,
         ),
         ae_steps=1200,
         dyn_steps=4000,
