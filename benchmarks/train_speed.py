@@ -3,7 +3,7 @@ through the real training loop (``loop.fit``: AdamW, bf16 autocast on CUDA, clip
 keyed noise), on synthetic latent windows of the 'pixels' autoencoder (speed does not depend on values).
 
     python benchmarks/train_speed.py [--device cpu|cuda] [--sizes nano small] [--steps 30] [--frame 64] [--profile] [--stem 1]
-        [--patch 2] [--channels 32] [--channel-mult 1 2 3]
+        [--patch 2] [--channels 32] [--channel-mult 1 2 3] [--set context=4 flow_context=0 heads_events=0]
 
 --profile also runs torch.profiler over the timed steps and prints the top operators by self time
 (host and device), to see whether a size is bound by the device or by launching work from Python.
@@ -46,6 +46,7 @@ def measure(
     patch: int | None = None,
     channels: int | None = None,
     channel_mult: tuple[int, ...] | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     preset = SIZES[size]
     ae = Autoencoder(AutoencoderConfig(kind="pixels", patch=patch or 4))
@@ -56,6 +57,7 @@ def measure(
         stem=stem or preset.dyn.stem,
         channels=channels or preset.dyn.channels,
         channel_mult=tuple(channel_mult or preset.dyn.channel_mult),
+        **(overrides or {}),
     )
     space = ActionSpace.discrete(6)
     torch.manual_seed(0)
@@ -83,13 +85,16 @@ def measure(
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10), flush=True)
             prof = None
         g = torch.Generator().manual_seed(step)
-        return {
+        windows = {
             "latents": torch.randn(B, K + 1, C, h, w, generator=g) * 0.1,
             "action": torch.randint(0, 6, (B, K), generator=g),
             "reward": torch.zeros(B, K),
             "terminated": torch.zeros(B, K, dtype=torch.bool),
-            "keys": sample_keys(0, 2, step, B, rank, world),
         }
+        heads = {}
+        if dyn_cfg.heads_events > 0:  # the heads' own windows, as train draws them
+            heads = {f"heads_{k}": v.clone() for k, v in windows.items()}
+        return windows | heads | {"keys": sample_keys(0, 2, step, B, rank, world)}
 
     loop = LoopConfig(warmup + steps + 1, B, preset.dyn_lr, ckpt_every=10**9, log_every=10**9)
     if device == "cuda":
@@ -130,6 +135,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=None, help="pixel patch of the grid (default 4: 16x16 cells)")
     ap.add_argument("--channels", type=int, default=None, help="override the presets' U-Net width")
     ap.add_argument("--channel-mult", type=int, nargs="+", default=None, help="override the width per level")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DynamicsConfig overrides (JSON)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -151,6 +157,7 @@ def main() -> None:
                 args.patch,
                 args.channels,
                 args.channel_mult,
+                {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)},
             )  # fmt: skip
         )
         r = rows[-1]

@@ -175,6 +175,8 @@ class DynamicsConfig:
         check("pad_prob", fraction(self.pad_prob))
         check("heads_own", fraction(self.heads_own))
         check("heads_events", fraction(self.heads_events))
+        if self.flow_context and self.own_context > 0:
+            out.append(("flow_context", "cannot be used with own_context yet (its sample reads the whole context)"))
         if self.heads_events > 0 and self.heads_own > 0:
             out.append(("heads_events", "cannot be used with heads_own (the heads' own windows are real frames)"))
         if not 0 <= self.flow_context <= self.context or self.flow_context == 1:
@@ -394,6 +396,10 @@ class Dynamics(nn.Module):
         heads_ctx, heads_next = ctx, z[:, K]  # clean, as the heads read them at inference
         if self.cfg.heads_on_next and self.cfg.heads_own > 0:
             heads_next = self.own_next(ctx, z[:, K], actions, pad, rng)
+        heads_actions, heads_pad = actions, pad
+        if self.cfg.flow_context:  # the flow's context noise is drawn for the frames it reads, no more
+            Kf = self.cfg.flow_context
+            ctx, actions, pad = ctx[:, -Kf:], actions[:, -Kf:], pad[:, -Kf:]
         if self.cfg.residual:
             # deliberately not rescaled to unit variance: changes are sparse (mostly exact zeros), so their
             # global std is tiny, and dividing by it would make a moving object a huge target against unit
@@ -418,7 +424,7 @@ class Dynamics(nn.Module):
         flow = err.mean()
         hb = {k.removeprefix("heads_"): v for k, v in batch.items() if k.startswith("heads_")}
         if not hb:
-            r_loss, d_loss, l_loss, has_life = self.heads_loss(heads_ctx, heads_next, actions, pad, batch)
+            r_loss, d_loss, l_loss, has_life = self.heads_loss(heads_ctx, heads_next, heads_actions, heads_pad, batch)
         else:  # the heads' own windows (drawn for their events), padded as the flow's are
             hz = hb["latents"]
             hctx, hpad = pad_context(hz[:, :K], (rng.rand() < self.cfg.pad_prob).to(z.device),
