@@ -704,7 +704,7 @@ def test_a_run_from_before_an_option_existed_resumes_only_as_it_was(root):
             new[key][name] = value
     assert resume_differences(old, new) == []  # the legacy values are what it was trained with
     new["dynamics"]["heads_on_next"] = True  # the new default is a change for that run
-    assert any("heads_on_next" in d for d in resume_differences(old, new))
+    assert any("--heads-on-next" in d for d in resume_differences(old, new)), resume_differences(old, new)
     changed = copy.deepcopy(new)
     changed["dynamics"]["gate_keep_moving"] = 2  # set, and different: that is a change
     assert any("gate_keep_moving" in d for d in resume_differences(changed, new))
