@@ -199,6 +199,16 @@ def test_heads_options_out_of_range_are_clear_errors():
     for bad in (1, 5, -1):
         with pytest.raises(SimulacraError, match="--flow-context must be 0"):
             check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, flow_context=bad))
+    with pytest.raises(SimulacraError, match="--flow-context cannot be used with own_context"):
+        check_model_config(
+            AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, flow_context=2, own_context=0.25)
+        )
+    with pytest.raises(SimulacraError, match="--heads-events cannot be used with heads_own"):
+        check_model_config(
+            AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_events=0.5, heads_own=0.5)
+        )
+    with pytest.raises(SimulacraError, match="--heads-events must be a fraction"):
+        check_model_config(AutoencoderConfig(kind="pixels"), DynamicsConfig(channels=16, heads_events=1.5))
 
 
 def test_context_heads_foresee_from_the_context_alone():

@@ -184,14 +184,18 @@ def heads_hits(out, ds, world) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("on_next", [True, False])
 def test_heads_context_time_an_event_steps_after_what_decides_it(tmp_path, on_next):
-    """Whether the heads also read the transition's next frame or foresee the event from the context alone."""
+    """Whether the heads also read the transition's next frame, or foresee the event from the context alone and
+    learn it from windows of their own, half drawn for their events (nano's heads)."""
     root = tmp_path / "ds"
     write_delayed(root)
     out = tmp_path / "run"
     train(TrainConfig(data=str(root), size="debug", out=str(out), dyn_steps=300, holdout=0.3, tensorboard=False,
-                      context=5, heads_context=True, heads_on_next=on_next))  # fmt: skip
+                      context=5, heads_context=True, heads_on_next=on_next, heads_events=0.0 if on_next else 0.5,
+                      flow_context=0 if on_next else 2))  # fmt: skip
     hit, real, pred = heads_hits(out, Dataset.open(root), World.load(out))
-    assert real >= 8 and hit >= 0.8 * real and hit >= 0.8 * pred, (hit, real, pred)
+    # heads that learn from half-event windows over-predict (their prior is far above the real rate), so they are
+    # held to precision 0.5; a head that cannot time the event and fires on every still step scores about 0.15
+    assert real >= 8 and hit >= 0.8 * real and hit >= (0.8 if on_next else 0.5) * pred, (hit, real, pred)
 
 
 @pytest.mark.parametrize("context", [True, False])

@@ -677,8 +677,10 @@ def dynamics_stage(plan: Plan, done: dict[str, Stage]) -> Stage:
         a["has_lives"] = torch.tensor(lives is not None)
         a["life_loss"] = torch.zeros(len(a["reward"]), dtype=torch.bool) if lives is None else lives.diff() < 0
     win_index = np.array([(i, s) for i in plan.train_eps for s in range(ds.episodes[i].length - K + 1)])
-    events = {i: (a["reward"] != 0) | a["terminated"].bool() | a["life_loss"] for i, a in arrays.items()}
-    eventful = np.flatnonzero([bool(events[i][s + K - 1]) for i, s in win_index])
+    eventful = np.zeros(0, np.int64)  # windows whose transition holds an event, for the heads' own batch
+    if plan.dyn.heads_events > 0:
+        events = {i: (a["reward"] != 0) | a["terminated"].bool() | a["life_loss"] for i, a in arrays.items()}
+        eventful = np.flatnonzero([bool(events[i][s + K - 1]) for i, s in win_index])
 
     def windows(idx) -> dict:
         pick = [(int(i), int(s)) for i, s in win_index[idx]]
